@@ -1,0 +1,248 @@
+//! Saving and loading models as safetensors through burn-store. Safetensors is a standard,
+//! inspectable format (readable from Python too); tensor names are the [`ParamLayout`] names
+//! (`linear.weight`, ...) and every tensor is f32 in Burn's shapes.
+//!
+//! [`ParamLayout`]: crate::ParamLayout
+
+use std::path::Path;
+
+use burn::store::{ModuleSnapshot, ModuleStore, SafetensorsStore};
+use burn::tensor::{DType, Device};
+
+use crate::net::Net;
+use crate::{FlatParams, ModelError, ModelSpec, init, layout};
+
+fn store_err(e: impl std::fmt::Display) -> ModelError {
+    ModelError::Store(e.to_string())
+}
+
+/// Builds the Burn module for saving, after checking the parameters fit the spec.
+fn module_for(spec: &ModelSpec, params: &FlatParams) -> Result<(Net, usize), ModelError> {
+    spec.validate()?;
+    let n_features = params
+        .layout
+        .entries
+        .first()
+        .and_then(|e| e.shape.first().copied())
+        .ok_or_else(|| ModelError::Shape("parameters have an empty layout".into()))?;
+    params.check_layout(&layout(spec, n_features))?;
+    Ok((
+        Net::from_flat(spec, n_features, params, &Device::flex()),
+        n_features,
+    ))
+}
+
+fn with_metadata(
+    store: SafetensorsStore,
+    spec: &ModelSpec,
+    params: &FlatParams,
+) -> SafetensorsStore {
+    store
+        .metadata("fedcare.model", spec.name())
+        .metadata("fedcare.layout_digest", params.layout.digest())
+}
+
+/// Checks every tensor in the store against the expected layout (names, shapes, f32) before
+/// handing it to Burn, so a wrong or hostile file is a typed error rather than a surprise.
+fn check_store(
+    store: &mut SafetensorsStore,
+    spec: &ModelSpec,
+    n_features: usize,
+) -> Result<(), ModelError> {
+    let expected = layout(spec, n_features);
+    let tensors = store.get_all_tensors().map_err(store_err)?;
+    if tensors.len() != expected.entries.len() {
+        return Err(ModelError::Store(format!(
+            "file holds {} tensors, {} {} on {n_features} features needs {}",
+            tensors.len(),
+            spec.name(),
+            expected.digest(),
+            expected.entries.len()
+        )));
+    }
+    for e in &expected.entries {
+        let t = tensors
+            .get(&e.name)
+            .ok_or_else(|| ModelError::Store(format!("missing tensor {:?}", e.name)))?;
+        if t.shape.to_vec() != e.shape {
+            return Err(ModelError::Store(format!(
+                "tensor {:?} has shape {:?}, expected {:?}",
+                e.name,
+                t.shape.to_vec(),
+                e.shape
+            )));
+        }
+        if t.dtype != DType::F32 {
+            return Err(ModelError::Store(format!(
+                "tensor {:?} has dtype {:?}, expected F32",
+                e.name, t.dtype
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Applies a checked store to a fresh module and flattens it.
+fn load_from_store(
+    mut store: SafetensorsStore,
+    spec: &ModelSpec,
+    n_features: usize,
+) -> Result<FlatParams, ModelError> {
+    spec.validate()?;
+    if n_features == 0 {
+        return Err(ModelError::Shape("n_features must be at least 1".into()));
+    }
+    check_store(&mut store, spec, n_features)?;
+    // Any values do as a target: every tensor is overwritten (checked below).
+    let mut net = Net::from_flat(
+        spec,
+        n_features,
+        &init(spec, n_features, 0),
+        &Device::flex(),
+    );
+    let result = net.load_from(&mut store).map_err(store_err)?;
+    if !result.errors.is_empty() || !result.missing.is_empty() || !result.unused.is_empty() {
+        return Err(ModelError::Store(format!("incomplete load: {result}")));
+    }
+    // Rejects NaN/inf values in the file via FlatParams::new.
+    net.to_flat(spec, n_features)
+}
+
+/// Saves the model as a safetensors file at `path` (replacing any existing file atomically).
+pub fn save(spec: &ModelSpec, params: &FlatParams, path: &Path) -> Result<(), ModelError> {
+    let (net, _) = module_for(spec, params)?;
+    let mut store = with_metadata(
+        SafetensorsStore::from_file(path).overwrite(true),
+        spec,
+        params,
+    );
+    net.save_into(&mut store).map_err(store_err)
+}
+
+/// Loads a safetensors file written by [`save`] for `spec` on `n_features` inputs.
+pub fn load(spec: &ModelSpec, n_features: usize, path: &Path) -> Result<FlatParams, ModelError> {
+    if !path.is_file() {
+        return Err(ModelError::Store(format!(
+            "no model file at {}",
+            path.display()
+        )));
+    }
+    load_from_store(SafetensorsStore::from_file(path), spec, n_features)
+}
+
+/// Same as [`save`] but to an in-memory safetensors buffer, for sending over the network.
+pub fn to_bytes(spec: &ModelSpec, params: &FlatParams) -> Result<Vec<u8>, ModelError> {
+    let (net, _) = module_for(spec, params)?;
+    let mut store = with_metadata(SafetensorsStore::from_bytes(None), spec, params);
+    net.save_into(&mut store).map_err(store_err)?;
+    store.get_bytes().map_err(store_err)
+}
+
+/// Same as [`load`] but from a buffer made by [`to_bytes`].
+pub fn from_bytes(
+    spec: &ModelSpec,
+    n_features: usize,
+    bytes: &[u8],
+) -> Result<FlatParams, ModelError> {
+    load_from_store(
+        SafetensorsStore::from_bytes(Some(bytes.to_vec())),
+        spec,
+        n_features,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::tests::separable;
+    use crate::{OptimizerKind, TrainConfig, predict, train};
+
+    fn trained(spec: &ModelSpec, d: usize) -> (FlatParams, Vec<f32>) {
+        let (x, y) = separable(120, d, 4);
+        let c = TrainConfig {
+            local_epochs: 3,
+            batch_size: 16,
+            optimizer: OptimizerKind::Adam,
+            learning_rate: 0.01,
+            seed: 1,
+        };
+        (
+            train(spec, &init(spec, d, 2), &x, d, &y, &c)
+                .unwrap()
+                .params,
+            x,
+        )
+    }
+
+    #[test]
+    fn save_load_file_gives_identical_predictions() {
+        let dir = tempfile::tempdir().unwrap();
+        for spec in [
+            ModelSpec::LogisticRegression,
+            ModelSpec::Mlp {
+                hidden: vec![16, 8],
+            },
+        ] {
+            let (p, x) = trained(&spec, 13);
+            let path = dir.path().join(format!("{}.safetensors", spec.name()));
+            save(&spec, &p, &path).unwrap();
+            // Saving twice overwrites.
+            save(&spec, &p, &path).unwrap();
+            let back = load(&spec, 13, &path).unwrap();
+            assert_eq!(back, p);
+            assert_eq!(
+                predict(&spec, &back, &x, 13).unwrap(),
+                predict(&spec, &p, &x, 13).unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn bytes_round_trip_and_names_are_layout_names() {
+        let spec = ModelSpec::Mlp { hidden: vec![4] };
+        let (p, _) = trained(&spec, 5);
+        let bytes = to_bytes(&spec, &p).unwrap();
+        assert_eq!(from_bytes(&spec, 5, &bytes).unwrap(), p);
+        // The safetensors header (JSON after an 8-byte length) names the layout's tensors.
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let header = std::str::from_utf8(&bytes[8..8 + n]).unwrap();
+        for e in &p.layout.entries {
+            assert!(header.contains(&format!("\"{}\"", e.name)), "{header}");
+        }
+        assert!(header.contains("fedcare.layout_digest"));
+    }
+
+    #[test]
+    fn loading_wrong_model_or_garbage_fails() {
+        let spec = ModelSpec::LogisticRegression;
+        let p = init(&spec, 5, 0);
+        let bytes = to_bytes(&spec, &p).unwrap();
+        assert!(matches!(
+            from_bytes(&spec, 6, &bytes),
+            Err(ModelError::Store(_))
+        ));
+        let mlp = ModelSpec::Mlp { hidden: vec![4] };
+        assert!(matches!(
+            from_bytes(&mlp, 5, &bytes),
+            Err(ModelError::Store(_))
+        ));
+        assert!(matches!(
+            from_bytes(&spec, 5, b"not a model"),
+            Err(ModelError::Store(_))
+        ));
+        assert!(matches!(
+            from_bytes(&spec, 5, &bytes[..bytes.len() - 3]),
+            Err(ModelError::Store(_))
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            load(&spec, 5, &dir.path().join("missing")),
+            Err(ModelError::Store(_))
+        ));
+        // Saving parameters under the wrong spec is refused.
+        assert!(matches!(
+            to_bytes(&mlp, &p),
+            Err(ModelError::LayoutMismatch { .. })
+        ));
+    }
+}

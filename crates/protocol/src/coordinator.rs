@@ -1,0 +1,509 @@
+//! The coordinator's side of one job, as a pure state machine.
+//!
+//! A job moves through stages: recruiting (offer the job to available sites, collect their
+//! decisions), statistics (add the sites' aggregate feature sums into a federation-wide
+//! standardisation), then for each round training (FedAvg over the sites' updates) and
+//! evaluation (add the sites' held-out counts), and finally finished or failed.
+//!
+//! Within a stage the machine waits on a set of *outstanding* tasks, one per site. A stage ends
+//! when nothing is outstanding: each site either answered, was refused, dropped out, or missed
+//! the stage's deadline. Whether the stage succeeded is then decided by the job's quorum.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+
+use fedcare_data::{FeatureSums, Standardization};
+use fedcare_job::{JobId, JobSpec};
+use serde::{Deserialize, Serialize};
+
+use crate::fedavg::FedAvg;
+use crate::messages::{EvalCounts, EvalReport, ModelVector, Reply, ReplyKind, SiteId, Task, TaskId, TaskKind};
+
+/// Why a reply was not accepted. The state is unchanged unless the variant says otherwise.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ReplyError {
+    #[error("reply is for job {got}, not {expected}")]
+    WrongJob { expected: JobId, got: JobId },
+    #[error("site {0} is not expected to answer anything in this job now")]
+    NotExpected(SiteId),
+    #[error("site {site} answered task {got:?} but its open task is {expected:?} (stale or replayed reply)")]
+    WrongTask { site: SiteId, expected: TaskId, got: TaskId },
+    #[error("site {site} sent a {got} reply to a {expected} task")]
+    WrongKind { site: SiteId, expected: &'static str, got: &'static str },
+    /// The reply was well-formed but its content was refused; the site leaves the current stage
+    /// (this changes state: the stage goes on without it).
+    #[error("site {site}'s {what} was refused: {reason}")]
+    Refused { site: SiteId, what: &'static str, reason: String },
+    #[error("the job has ended")]
+    JobOver,
+}
+
+/// One completed round, as recorded in the job's history and report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoundRecord {
+    pub round: u32,
+    /// Sites whose update went into the average.
+    pub sites: Vec<SiteId>,
+    /// Example-weighted mean training loss.
+    pub train_loss: f64,
+    /// Held-out counts summed over the sites that evaluated.
+    pub eval: EvalCounts,
+    pub started_ms: u64,
+    pub finished_ms: u64,
+}
+
+/// Events for watchers (the admin API, progress lines, the report).
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobEvent {
+    SitesJoined(Vec<SiteId>),
+    SiteRefused { site: SiteId, round: u32, reason: String },
+    StatsDone { total_examples: u64 },
+    Progress { round: u32, stage: &'static str, sites_done: u32, sites_total: u32 },
+    RoundDone(RoundRecord),
+}
+
+/// Everything the job produced, handed out once when it finishes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobOutcome {
+    pub model: Vec<f32>,
+    pub standardization: Standardization,
+    pub rounds: Vec<RoundRecord>,
+    /// Each site's evaluation of the final model.
+    pub final_eval: BTreeMap<SiteId, EvalReport>,
+    /// Training examples each site reported (its FedAvg weight).
+    pub train_examples: BTreeMap<SiteId, u64>,
+}
+
+/// What the driver must do next.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    Send { site: SiteId, task: Task },
+    Event(JobEvent),
+    Finished(Box<JobOutcome>),
+    Failed(String),
+}
+
+#[derive(Debug)]
+enum Stage {
+    Recruiting,
+    Stats { sums: FeatureSums, reported: u32 },
+    Training { round: u32, agg: FedAvg, sites: Vec<SiteId>, started_ms: u64 },
+    Evaluating { round: u32, counts: EvalCounts, record: RoundRecord },
+    Over,
+}
+
+impl Stage {
+    fn name(&self) -> &'static str {
+        match self {
+            Stage::Recruiting => "recruiting",
+            Stage::Stats { .. } => "stats",
+            Stage::Training { .. } => "train",
+            Stage::Evaluating { .. } => "eval",
+            Stage::Over => "over",
+        }
+    }
+}
+
+/// The coordinator's state for one job.
+#[derive(Debug)]
+pub struct JobRun {
+    job: JobId,
+    spec: Arc<JobSpec>,
+    spec_toml: Arc<str>,
+    layout_digest: String,
+    model: Arc<Vec<f32>>,
+    stage: Stage,
+    /// Sites that accepted the job.
+    participants: BTreeSet<SiteId>,
+    /// Sites the job was offered to (accepted, refused or pending).
+    offered: BTreeSet<SiteId>,
+    /// The one task each site must answer next, with its deadline.
+    outstanding: BTreeMap<SiteId, (TaskId, u64)>,
+    next_task: u64,
+    standardization: Option<Arc<Standardization>>,
+    train_examples: BTreeMap<SiteId, u64>,
+    last_eval: BTreeMap<SiteId, EvalReport>,
+    history: Vec<RoundRecord>,
+    actions: VecDeque<Action>,
+}
+
+impl JobRun {
+    /// Starts recruiting for `spec`, whose global model begins as `initial_model`.
+    pub fn new(spec: Arc<JobSpec>, spec_toml: Arc<str>, layout_digest: String, initial_model: Vec<f32>) -> JobRun {
+        JobRun {
+            job: spec.id(),
+            spec,
+            spec_toml,
+            layout_digest,
+            model: Arc::new(initial_model),
+            stage: Stage::Recruiting,
+            participants: BTreeSet::new(),
+            offered: BTreeSet::new(),
+            outstanding: BTreeMap::new(),
+            next_task: 1,
+            standardization: None,
+            train_examples: BTreeMap::new(),
+            last_eval: BTreeMap::new(),
+            history: Vec::new(),
+            actions: VecDeque::new(),
+        }
+    }
+
+    pub fn id(&self) -> &JobId {
+        &self.job
+    }
+
+    pub fn spec(&self) -> &Arc<JobSpec> {
+        &self.spec
+    }
+
+    pub fn is_over(&self) -> bool {
+        matches!(self.stage, Stage::Over)
+    }
+
+    /// The stage's name, for status displays.
+    pub fn stage_name(&self) -> &'static str {
+        self.stage.name()
+    }
+
+    /// Rounds completed so far.
+    pub fn history(&self) -> &[RoundRecord] {
+        &self.history
+    }
+
+    /// Sites that accepted the job.
+    pub fn participants(&self) -> impl Iterator<Item = &SiteId> {
+        self.participants.iter()
+    }
+
+    /// Next action for the driver, if any.
+    pub fn poll(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// A site is connected and may be offered the job. Offers go out only while recruiting and
+    /// once per site.
+    pub fn site_available(&mut self, site: &SiteId, now_ms: u64) {
+        if !matches!(self.stage, Stage::Recruiting) || self.offered.contains(site) {
+            return;
+        }
+        self.offered.insert(site.clone());
+        let kind = TaskKind::Offer { spec_toml: self.spec_toml.clone() };
+        let deadline = now_ms.saturating_add(self.spec.deadlines.offer_secs.saturating_mul(1000));
+        self.send(site, kind, deadline);
+    }
+
+    /// A site disconnected: it leaves the job (and the current stage, if it owed a reply).
+    pub fn site_lost(&mut self, site: &SiteId, now_ms: u64) {
+        if self.is_over() {
+            return;
+        }
+        self.offered.remove(site);
+        let was_participant = self.participants.remove(site);
+        if self.outstanding.remove(site).is_some() || was_participant {
+            let round = self.current_round();
+            self.event(JobEvent::SiteRefused { site: site.clone(), round, reason: "disconnected".into() });
+            self.maybe_advance(now_ms);
+        }
+    }
+
+    /// Time passed: sites that missed their stage's deadline leave that stage.
+    pub fn tick(&mut self, now_ms: u64) {
+        let late: Vec<SiteId> =
+            self.outstanding.iter().filter(|(_, (_, deadline))| *deadline <= now_ms).map(|(s, _)| s.clone()).collect();
+        if late.is_empty() {
+            return;
+        }
+        let round = self.current_round();
+        for site in late {
+            self.outstanding.remove(&site);
+            if matches!(self.stage, Stage::Recruiting | Stage::Stats { .. }) {
+                // A site that cannot answer an offer or send its sums in time takes no part.
+                self.participants.remove(&site);
+            }
+            self.event(JobEvent::SiteRefused { site, round, reason: "missed the stage deadline".into() });
+        }
+        self.maybe_advance(now_ms);
+    }
+
+    /// The earliest deadline among outstanding tasks, so the driver knows when to call [`tick`](Self::tick).
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.outstanding.values().map(|(_, d)| *d).min()
+    }
+
+    /// A site answered a task.
+    pub fn handle_reply(&mut self, reply: Reply, now_ms: u64) -> Result<(), ReplyError> {
+        if self.is_over() {
+            return Err(ReplyError::JobOver);
+        }
+        if reply.job != self.job {
+            return Err(ReplyError::WrongJob { expected: self.job.clone(), got: reply.job });
+        }
+        let site = reply.site;
+        let Some(&(expected, _)) = self.outstanding.get(&site) else {
+            return Err(ReplyError::NotExpected(site));
+        };
+        if expected != reply.task {
+            return Err(ReplyError::WrongTask { site, expected, got: reply.task });
+        }
+        let expected_kind = match self.stage {
+            Stage::Recruiting => "decision",
+            Stage::Stats { .. } => "stats",
+            Stage::Training { .. } => "update",
+            Stage::Evaluating { .. } => "evaluation",
+            Stage::Over => return Err(ReplyError::JobOver),
+        };
+        let got_kind = reply.kind.name();
+        if got_kind != expected_kind && got_kind != "failed" {
+            return Err(ReplyError::WrongKind { site, expected: expected_kind, got: got_kind });
+        }
+        let result = self.apply_reply(&site, reply.kind);
+        // Whether accepted or refused, the site owes nothing more in this stage.
+        self.outstanding.remove(&site);
+        if let Err(ReplyError::Refused { reason, .. }) = &result {
+            let round = self.current_round();
+            self.event(JobEvent::SiteRefused { site: site.clone(), round, reason: reason.clone() });
+        }
+        self.progress();
+        self.maybe_advance(now_ms);
+        result
+    }
+
+    fn apply_reply(&mut self, site: &SiteId, kind: ReplyKind) -> Result<(), ReplyError> {
+        let refuse = |what: &'static str, reason: String| ReplyError::Refused { site: site.clone(), what, reason };
+        let round = self.current_round();
+        match (&mut self.stage, kind) {
+            (Stage::Recruiting, ReplyKind::Decision { accept: true, .. }) => {
+                self.participants.insert(site.clone());
+                Ok(())
+            }
+            (Stage::Recruiting, ReplyKind::Decision { accept: false, reason }) => {
+                self.event(JobEvent::SiteRefused { site: site.clone(), round, reason: format!("site declined: {reason}") });
+                Ok(())
+            }
+            (Stage::Recruiting | Stage::Stats { .. }, ReplyKind::Failed { reason }) => {
+                self.participants.remove(site);
+                Err(refuse("task", format!("site failed: {reason}")))
+            }
+            (_, ReplyKind::Failed { reason }) => Err(refuse("task", format!("site failed: {reason}"))),
+            (Stage::Stats { sums, reported }, ReplyKind::Stats(site_sums)) => {
+                let check = site_sums.count.len() == sums.count.len()
+                    && site_sums.sum.len() == sums.count.len()
+                    && site_sums.sum_sq.len() == sums.count.len();
+                let finite = site_sums.sum.iter().chain(&site_sums.sum_sq).all(|v| v.is_finite());
+                let result = if !check {
+                    Err(format!("expected sums for {} features, got {}", sums.count.len(), site_sums.count.len()))
+                } else if !finite {
+                    Err("sums contain a non-finite value".to_owned())
+                } else {
+                    sums.add(&site_sums).map_err(|e| e.to_string())
+                };
+                match result {
+                    Ok(()) => {
+                        *reported += 1;
+                        let n = site_sums.count.iter().copied().max().unwrap_or(0);
+                        self.train_examples.insert(site.clone(), n);
+                        Ok(())
+                    }
+                    Err(reason) => {
+                        self.participants.remove(site);
+                        Err(refuse("feature sums", reason))
+                    }
+                }
+            }
+            (Stage::Training { round, agg, sites, .. }, ReplyKind::Update(update)) => {
+                if update.round != *round {
+                    return Err(refuse("update", format!("it is for round {}, not {round}", update.round)));
+                }
+                agg.add(&update.delta, update.num_examples, update.train_loss)
+                    .map_err(|e| refuse("update", e.to_string()))?;
+                sites.push(site.clone());
+                Ok(())
+            }
+            (Stage::Evaluating { round, counts, .. }, ReplyKind::Evaluation(report)) => {
+                if report.round != *round {
+                    return Err(refuse("evaluation", format!("it is for round {}, not {round}", report.round)));
+                }
+                report.counts.validate().map_err(|e| refuse("evaluation", e))?;
+                if let Some(auc) = report.auc {
+                    if !(0.0..=1.0).contains(&auc) {
+                        return Err(refuse("evaluation", format!("AUC {auc} outside [0, 1]")));
+                    }
+                }
+                counts.add(&report.counts);
+                self.last_eval.insert(site.clone(), report);
+                Ok(())
+            }
+            // handle_reply checked the kind against the stage already.
+            (stage, kind) => Err(ReplyError::WrongKind { site: site.clone(), expected: stage.name(), got: kind.name() }),
+        }
+    }
+
+    fn current_round(&self) -> u32 {
+        match &self.stage {
+            Stage::Training { round, .. } | Stage::Evaluating { round, .. } => *round,
+            _ => 0,
+        }
+    }
+
+    fn progress(&mut self) {
+        let (round, stage) = (self.current_round(), self.stage.name());
+        let total = match &self.stage {
+            Stage::Recruiting => self.offered.len(),
+            _ => self.participants.len(),
+        } as u32;
+        let done = total.saturating_sub(self.outstanding.len() as u32);
+        self.event(JobEvent::Progress { round, stage, sites_done: done, sites_total: total });
+    }
+
+    /// Ends the current stage once nothing is outstanding.
+    fn maybe_advance(&mut self, now_ms: u64) {
+        if !self.outstanding.is_empty() || self.is_over() {
+            return;
+        }
+        let min_sites = self.spec.min_sites as usize;
+        let quorum = self.spec.round_quorum();
+        match std::mem::replace(&mut self.stage, Stage::Over) {
+            Stage::Recruiting => {
+                if self.participants.len() >= min_sites {
+                    self.event(JobEvent::SitesJoined(self.participants.iter().cloned().collect()));
+                    self.start_stats(now_ms);
+                } else {
+                    // Wait for more sites to become available.
+                    self.stage = Stage::Recruiting;
+                }
+            }
+            Stage::Stats { sums, reported } => {
+                if (reported as usize) < min_sites || self.participants.len() < min_sites {
+                    return self.fail(format!(
+                        "only {reported} of the {min_sites} sites the job needs sent their feature statistics"
+                    ));
+                }
+                let total = sums.count.iter().copied().max().unwrap_or(0);
+                match Standardization::from_sums(&sums) {
+                    Ok(std) => {
+                        self.standardization = Some(Arc::new(std));
+                        self.event(JobEvent::StatsDone { total_examples: total });
+                        self.start_round(1, now_ms);
+                    }
+                    Err(e) => self.fail(format!("federated statistics unusable: {e}")),
+                }
+            }
+            Stage::Training { round, agg, sites, started_ms } => {
+                if agg.updates() < quorum {
+                    return self.fail(format!(
+                        "round {round}: only {} valid updates, the job needs {quorum}",
+                        agg.updates()
+                    ));
+                }
+                let model = agg.apply(&self.model);
+                self.model = Arc::new(model);
+                let record = RoundRecord {
+                    round,
+                    sites,
+                    train_loss: agg.mean_train_loss(),
+                    eval: EvalCounts::zero(),
+                    started_ms,
+                    finished_ms: now_ms,
+                };
+                self.stage = Stage::Evaluating { round, counts: EvalCounts::zero(), record };
+                let task = |s: &Self| TaskKind::Eval { round, model: s.model_vector(), standardization: s.std() };
+                self.send_to_participants(task, now_ms);
+            }
+            Stage::Evaluating { round, counts, mut record } => {
+                record.eval = counts;
+                record.finished_ms = now_ms;
+                self.history.push(record.clone());
+                self.event(JobEvent::RoundDone(record));
+                if round < self.spec.rounds {
+                    self.start_round(round + 1, now_ms);
+                } else {
+                    self.finish();
+                }
+            }
+            Stage::Over => {}
+        }
+    }
+
+    fn start_stats(&mut self, now_ms: u64) {
+        let width = self.spec.n_features();
+        self.stage = Stage::Stats { sums: FeatureSums::zero(width), reported: 0 };
+        self.send_to_participants(|_| TaskKind::Stats, now_ms);
+    }
+
+    fn start_round(&mut self, round: u32, now_ms: u64) {
+        let quorum = self.spec.round_quorum() as usize;
+        if self.participants.len() < quorum {
+            return self.fail(format!(
+                "round {round}: only {} sites remain, the job needs {quorum}",
+                self.participants.len()
+            ));
+        }
+        self.stage = Stage::Training { round, agg: FedAvg::new(self.model.len()), sites: Vec::new(), started_ms: now_ms };
+        let task = |s: &Self| TaskKind::Train { round, model: s.model_vector(), standardization: s.std() };
+        self.send_to_participants(task, now_ms);
+    }
+
+    fn finish(&mut self) {
+        self.stage = Stage::Over;
+        let outcome = JobOutcome {
+            model: self.model.as_ref().clone(),
+            standardization: self.std().as_ref().clone(),
+            rounds: self.history.clone(),
+            final_eval: std::mem::take(&mut self.last_eval),
+            train_examples: self.train_examples.clone(),
+        };
+        self.end_tasks(true, "job finished".into());
+        self.actions.push_back(Action::Finished(Box::new(outcome)));
+    }
+
+    fn fail(&mut self, reason: String) {
+        self.stage = Stage::Over;
+        self.outstanding.clear();
+        self.end_tasks(false, reason.clone());
+        self.actions.push_back(Action::Failed(reason));
+    }
+
+    fn end_tasks(&mut self, success: bool, reason: String) {
+        let sites: Vec<SiteId> = self.offered.iter().cloned().collect();
+        for site in sites {
+            let task = Task { job: self.job.clone(), id: self.task_id(), kind: TaskKind::End { success, reason: reason.clone() } };
+            self.actions.push_back(Action::Send { site, task });
+        }
+    }
+
+    fn model_vector(&self) -> ModelVector {
+        ModelVector { layout_digest: self.layout_digest.clone(), values: self.model.clone() }
+    }
+
+    fn std(&self) -> Arc<Standardization> {
+        // Rounds start only after the statistics stage set it.
+        self.standardization.clone().expect("standardization is set before any round starts")
+    }
+
+    fn send_to_participants(&mut self, kind: impl Fn(&Self) -> TaskKind, now_ms: u64) {
+        let deadline = now_ms.saturating_add(self.spec.deadlines.stage_secs.saturating_mul(1000));
+        let sites: Vec<SiteId> = self.participants.iter().cloned().collect();
+        for site in sites {
+            let k = kind(self);
+            self.send(&site, k, deadline);
+        }
+        self.progress();
+    }
+
+    fn task_id(&mut self) -> TaskId {
+        let id = TaskId(self.next_task);
+        self.next_task += 1;
+        id
+    }
+
+    fn send(&mut self, site: &SiteId, kind: TaskKind, deadline_ms: u64) {
+        let id = self.task_id();
+        self.outstanding.insert(site.clone(), (id, deadline_ms));
+        self.actions.push_back(Action::Send { site: site.clone(), task: Task { job: self.job.clone(), id, kind } });
+    }
+
+    fn event(&mut self, e: JobEvent) {
+        self.actions.push_back(Action::Event(e));
+    }
+}

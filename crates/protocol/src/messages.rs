@@ -1,0 +1,241 @@
+//! The messages of a round in domain types. `fedcare-server` and `fedcare-agent` convert them
+//! to and from the wire (`fedcare.v1`); conversion is where malformed input is refused, so
+//! values here are already well-formed (a valid [`SiteId`], a known task kind).
+
+use std::fmt;
+use std::sync::Arc;
+
+use fedcare_data::{FeatureSums, Standardization};
+use fedcare_job::JobId;
+use fedcare_models::metrics::{HIST_BINS, auc_from_histograms};
+use serde::{Deserialize, Serialize};
+
+/// A site's name: 1 to 64 characters of `[A-Za-z0-9._-]`, so it is safe in logs, file names and
+/// certificate subjects.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SiteId(String);
+
+impl SiteId {
+    pub fn parse(s: &str) -> Result<SiteId, String> {
+        let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+        if s.is_empty() || s.len() > 64 || !s.chars().all(ok_char) {
+            return Err(format!(
+                "site id {s:?} must be 1 to 64 characters of letters, digits, '.', '_' or '-'"
+            ));
+        }
+        Ok(SiteId(s.to_owned()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SiteId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Identifies one task within a job; a reply must cite the task it answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TaskId(pub u64);
+
+/// A global model as one flat vector, with the digest of its layout (names and shapes).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelVector {
+    pub layout_digest: String,
+    pub values: Arc<Vec<f32>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum TaskKind {
+    /// Join this job? The site answers with [`ReplyKind::Decision`].
+    Offer { spec_toml: Arc<str> },
+    /// Send aggregate feature sums of the training split.
+    Stats,
+    /// Train locally from this global model for one round.
+    Train { round: u32, model: ModelVector, standardization: Arc<Standardization> },
+    /// Evaluate this global model on the held-out split.
+    Eval { round: u32, model: ModelVector, standardization: Arc<Standardization> },
+    /// The job is over (for this site).
+    End { success: bool, reason: String },
+}
+
+impl TaskKind {
+    /// Short name for logs and progress.
+    pub fn name(&self) -> &'static str {
+        match self {
+            TaskKind::Offer { .. } => "offer",
+            TaskKind::Stats => "stats",
+            TaskKind::Train { .. } => "train",
+            TaskKind::Eval { .. } => "eval",
+            TaskKind::End { .. } => "end",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Task {
+    pub job: JobId,
+    pub id: TaskId,
+    pub kind: TaskKind,
+}
+
+/// A site's model update for one round: local model minus the global model it started from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelUpdate {
+    pub round: u32,
+    /// Training examples behind the update: its FedAvg weight.
+    pub num_examples: u64,
+    pub delta: Vec<f32>,
+    pub train_loss: f64,
+}
+
+/// Held-out evaluation as aggregate counts, which add across sites.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalCounts {
+    pub n: u64,
+    pub loss_sum: f64,
+    pub correct: u64,
+    pub pos_hist: Vec<u64>,
+    pub neg_hist: Vec<u64>,
+}
+
+impl EvalCounts {
+    pub fn zero() -> EvalCounts {
+        EvalCounts { n: 0, loss_sum: 0.0, correct: 0, pos_hist: vec![0; HIST_BINS], neg_hist: vec![0; HIST_BINS] }
+    }
+
+    /// Checks internal consistency of counts received from a site.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.pos_hist.len() != HIST_BINS || self.neg_hist.len() != HIST_BINS {
+            return Err(format!(
+                "histograms must have {HIST_BINS} bins, got {} and {}",
+                self.pos_hist.len(),
+                self.neg_hist.len()
+            ));
+        }
+        let hist_total: u64 = self.pos_hist.iter().chain(&self.neg_hist).try_fold(0u64, |a, &b| a.checked_add(b)).ok_or("histogram counts overflow")?;
+        if hist_total != self.n {
+            return Err(format!("histograms count {hist_total} examples but n is {}", self.n));
+        }
+        if self.correct > self.n {
+            return Err(format!("correct ({}) exceeds n ({})", self.correct, self.n));
+        }
+        if !(self.loss_sum.is_finite() && self.loss_sum >= 0.0) {
+            return Err(format!("loss sum {} is not a finite non-negative number", self.loss_sum));
+        }
+        Ok(())
+    }
+
+    pub fn add(&mut self, other: &EvalCounts) {
+        self.n += other.n;
+        self.loss_sum += other.loss_sum;
+        self.correct += other.correct;
+        for (a, b) in self.pos_hist.iter_mut().zip(&other.pos_hist) {
+            *a += b;
+        }
+        for (a, b) in self.neg_hist.iter_mut().zip(&other.neg_hist) {
+            *a += b;
+        }
+    }
+
+    pub fn accuracy(&self) -> f64 {
+        if self.n == 0 { f64::NAN } else { self.correct as f64 / self.n as f64 }
+    }
+
+    pub fn mean_loss(&self) -> f64 {
+        if self.n == 0 { f64::NAN } else { self.loss_sum / self.n as f64 }
+    }
+
+    /// Pooled ROC AUC from the binned scores (ties within a bin count one half).
+    pub fn auc(&self) -> Option<f64> {
+        auc_from_histograms(&self.pos_hist, &self.neg_hist)
+    }
+}
+
+/// One site's evaluation of one round's global model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalReport {
+    pub round: u32,
+    pub counts: EvalCounts,
+    /// Exact AUC on the site's split, computed at the site; `None` if a class is absent.
+    pub auc: Option<f64>,
+}
+
+/// What a site may send. There is deliberately no variant that could carry a record.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReplyKind {
+    Decision { accept: bool, reason: String },
+    Stats(FeatureSums),
+    Update(ModelUpdate),
+    Evaluation(EvalReport),
+    /// The site could not do the task (its data failed to load, training diverged ...).
+    Failed { reason: String },
+}
+
+impl ReplyKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            ReplyKind::Decision { .. } => "decision",
+            ReplyKind::Stats(_) => "stats",
+            ReplyKind::Update(_) => "update",
+            ReplyKind::Evaluation(_) => "evaluation",
+            ReplyKind::Failed { .. } => "failed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    pub site: SiteId,
+    pub job: JobId,
+    pub task: TaskId,
+    pub kind: ReplyKind,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn site_ids_are_restricted() {
+        assert!(SiteId::parse("cleveland").is_ok());
+        assert!(SiteId::parse("va-long_beach.1").is_ok());
+        for bad in ["", "a b", "../etc", "x/y", &"a".repeat(65), "é"] {
+            assert!(SiteId::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn eval_counts_validate_and_add() {
+        let mut a = EvalCounts::zero();
+        a.n = 3;
+        a.correct = 2;
+        a.loss_sum = 1.5;
+        a.pos_hist[90] = 2;
+        a.neg_hist[10] = 1;
+        assert!(a.validate().is_ok());
+        let mut total = EvalCounts::zero();
+        total.add(&a);
+        total.add(&a);
+        assert_eq!(total.n, 6);
+        assert_eq!(total.correct, 4);
+        assert_eq!(total.pos_hist[90], 4);
+        assert!((total.accuracy() - 4.0 / 6.0).abs() < 1e-12);
+        assert_eq!(total.auc(), Some(1.0));
+
+        let mut bad = a.clone();
+        bad.n = 4;
+        assert!(bad.validate().unwrap_err().contains("histograms count 3"));
+        let mut bad = a.clone();
+        bad.correct = 9;
+        assert!(bad.validate().is_err());
+        let mut bad = a.clone();
+        bad.loss_sum = f64::NAN;
+        assert!(bad.validate().is_err());
+        let mut bad = a;
+        bad.pos_hist.pop();
+        assert!(bad.validate().is_err());
+    }
+}

@@ -1,0 +1,12 @@
+//! The fedcare wire protocol (`fedcare.v1`), generated from `proto/fedcare/v1/fedcare.proto`.
+//!
+//! The `.proto` file is the single source of truth for what crosses the network. It is compiled
+//! by `protox` in pure Rust, so building needs no system `protoc`.
+
+/// Wire protocol version carried in `JoinRequest`; bump on any incompatible change.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Generated messages, clients and servers of package `fedcare.v1`.
+pub mod v1 {
+    tonic::include_proto!("fedcare.v1");
+}
