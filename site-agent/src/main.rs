@@ -1,1 +1,95 @@
-fn main() {}
+//! `site-agent`: a hospital's side of the federation. It dials out to the coordinator, joins
+//! the jobs its data can serve, trains locally and sends back only model updates and aggregate
+//! counts. All logic lives in `fedcare-agent`; this file parses arguments and reports errors.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use fedcare_agent::{Agent, AgentConfig};
+
+#[derive(Parser)]
+#[command(name = "site-agent", version, about = "fedcare site agent: federated training on this hospital's own records.", long_about = "\
+fedcare site agent: federated training on this hospital's own records.
+
+The agent dials OUT to the coordinator (no inbound port is opened). Raw records never leave
+this machine: the agent sends only its decision on a job, aggregate feature sums, model
+updates and aggregate evaluation counts.
+
+Check that this site's file maps onto a job before joining:
+  site-agent check --config site.toml --job job.toml
+Run:
+  site-agent run --config site.toml")]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Connect to the coordinator and take part in jobs until Ctrl-C.
+    Run {
+        /// The site's config: [site] id and coordinator URL, [data] mapping of the local file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Override [site].coordinator.
+        #[arg(long)]
+        coordinator: Option<String>,
+    },
+    /// Map this site's file onto a job's schema and print what would be used. Sends nothing.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+        /// The job spec (TOML).
+        #[arg(long)]
+        job: PathBuf,
+    },
+}
+
+async fn shutdown_signal() {
+    if tokio::signal::ctrl_c().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    match cli.command {
+        Command::Run { config, coordinator } => {
+            let (mut cfg, base) = AgentConfig::load(&config)?;
+            if let Some(url) = coordinator {
+                cfg.site.coordinator = url;
+            }
+            let agent = Agent::new(cfg, base)?;
+            agent.run(shutdown_signal()).await.context("site agent stopped")?;
+        }
+        Command::Check { config, job } => {
+            let (cfg, base) = AgentConfig::load(&config)?;
+            let text = std::fs::read_to_string(&job).with_context(|| format!("cannot read {}", job.display()))?;
+            let spec = fedcare_job::JobSpec::from_toml(&text, &job.display().to_string())?;
+            let (ds, report) = fedcare_data::load(&spec.schema, &cfg.data, &base)?;
+            let (train, test) = fedcare_data::split(&ds, &spec.schema.split)?;
+            println!("site {} can serve job {} ({})", cfg.site.id, &spec.id().as_str()[..12], spec.name);
+            println!("  rows read {}, dropped for missing values {}, kept {}", report.rows_read, report.rows_dropped_missing, report.rows_kept);
+            println!("  train {} ({} positive), test {} ({} positive)", train.len(), train.positives(), test.len(), test.positives());
+            println!("  encoded features ({}): {}", ds.n_features(), spec.schema.encoded_names().join(", "));
+        }
+    }
+    Ok(())
+}

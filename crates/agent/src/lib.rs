@@ -1,1 +1,163 @@
-//! fedcare-agent
+//! The site agent's library: a hospital's side of the federation.
+//!
+//! The agent dials out to the coordinator, opens its work stream, and for each task asks the
+//! site state machine ([`fedcare_protocol::SiteSession`]) whether to act. Accepted work runs
+//! here, on the site's own records: loading and mapping the CSV, local training with Burn,
+//! held-out evaluation. The reply is built by the state machine and can only be one of the
+//! kinds it allows (a decision, aggregate feature sums, a model update, aggregate evaluation
+//! counts).
+//!
+//! What it must never do: send a record, a per-record score, or any error text that could
+//! quote a cell of the site's file. Data errors are logged locally in full and reported to the
+//! coordinator only as a category.
+
+pub mod config;
+mod work;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use config::{AgentConfig, ConfigError, SiteSection};
+use fedcare_proto::PROTOCOL_VERSION;
+use fedcare_proto::v1 as pb;
+use fedcare_proto::v1::site_service_client::SiteServiceClient;
+use fedcare_protocol::{SiteId, SiteSession};
+use futures::StreamExt;
+use tonic::transport::Channel;
+use tracing::{info, info_span, warn, Instrument};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("coordinator URL {0:?} is not valid")]
+    BadUrl(String),
+    #[error("the coordinator refused this site: {0}")]
+    Refused(String),
+}
+
+/// A running site agent.
+pub struct Agent {
+    site: SiteId,
+    coordinator: String,
+    session: SiteSession,
+    work: work::Worker,
+}
+
+/// How a connection ended.
+enum Ended {
+    Shutdown,
+    Lost(String),
+}
+
+impl Agent {
+    /// `base_dir` resolves the relative data path (normally the config file's directory).
+    pub fn new(config: AgentConfig, base_dir: PathBuf) -> Result<Agent, AgentError> {
+        let site = SiteId::parse(&config.site.id).map_err(|e| ConfigError::Invalid { field: "site.id".into(), message: e })?;
+        let session = SiteSession::new(site.clone(), layout_digest);
+        Ok(Agent {
+            site: site.clone(),
+            coordinator: config.site.coordinator.clone(),
+            session,
+            work: work::Worker::new(site, config.data, base_dir),
+        })
+    }
+
+    pub fn site(&self) -> &SiteId {
+        &self.site
+    }
+
+    /// Runs until `shutdown` completes, reconnecting with exponential backoff and jitter
+    /// whenever the coordinator is unreachable or the stream breaks.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+        let endpoint = Channel::from_shared(self.coordinator.clone()).map_err(|_| AgentError::BadUrl(self.coordinator.clone()))?;
+        let span = info_span!("site", site = %self.site);
+        tokio::pin!(shutdown);
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let attempt = async {
+                match endpoint.connect().await {
+                    Ok(channel) => self.serve(SiteServiceClient::new(channel)).await,
+                    Err(e) => Err(format!("cannot reach {}: {e}", self.coordinator)),
+                }
+            }
+            .instrument(span.clone());
+            let result = tokio::select! {
+                _ = &mut shutdown => Ok(Ended::Shutdown),
+                r = attempt => r,
+            };
+            match result {
+                Ok(Ended::Shutdown) => return Ok(()),
+                Ok(Ended::Lost(why)) | Err(why) => {
+                    if let Some(refusal) = why.strip_prefix("refused: ") {
+                        return Err(AgentError::Refused(refusal.to_owned()));
+                    }
+                    let jitter = Duration::from_millis(rand::random_range(0..=backoff.as_millis() as u64 / 2));
+                    warn!(parent: &span, reason = %why, retry_in_ms = (backoff + jitter).as_millis() as u64, "connection to coordinator lost");
+                    tokio::select! {
+                        _ = &mut shutdown => return Ok(()),
+                        _ = tokio::time::sleep(backoff + jitter) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    /// One connection: join, then handle tasks in order until the stream ends.
+    async fn serve(&mut self, mut client: SiteServiceClient<Channel>) -> Result<Ended, String> {
+        let join = pb::JoinRequest {
+            site_id: self.site.to_string(),
+            protocol_version: PROTOCOL_VERSION,
+            agent_version: format!("fedcare site-agent {}", env!("CARGO_PKG_VERSION")),
+        };
+        let mut stream = match client.join(join).await {
+            Ok(r) => r.into_inner(),
+            Err(s) if matches!(s.code(), tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition | tonic::Code::PermissionDenied) => {
+                return Err(format!("refused: {}", s.message()));
+            }
+            Err(s) => return Err(format!("join failed: {}", s.message())),
+        };
+        info!("connected to coordinator, waiting for work");
+        while let Some(item) = stream.next().await {
+            let task = match item {
+                Ok(t) => t,
+                Err(s) => return Ok(Ended::Lost(format!("stream error: {}", s.message()))),
+            };
+            let task = match fedcare_wire::task_from_wire(task) {
+                Ok(t) => t,
+                Err(e) => {
+                    warn!(error = %e, "malformed task from the coordinator ignored");
+                    continue;
+                }
+            };
+            let (job, task_id, kind_name) = (task.job.clone(), task.id, task.kind.name());
+            let span = info_span!("task", job = %job.short(), task = task_id.0, kind = kind_name);
+            let work = match self.session.on_task(task) {
+                Ok(w) => w,
+                Err(e) => {
+                    warn!(parent: &span, error = %e, "task refused");
+                    continue;
+                }
+            };
+            let Some(reply_kind) = self.work.perform(work).instrument(span.clone()).await else { continue };
+            let reply = match self.session.reply(&job, task_id, reply_kind) {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!(parent: &span, error = %e, "could not record the reply");
+                    continue;
+                }
+            };
+            if let Err(s) = client.submit(fedcare_wire::reply_to_wire(&reply)).await {
+                warn!(parent: &span, code = ?s.code(), message = s.message(), "coordinator refused the reply");
+            }
+        }
+        Ok(Ended::Lost("the coordinator closed the work stream".into()))
+    }
+}
+
+/// The model layout digest a job implies, for checking models the coordinator sends.
+fn layout_digest(spec: &fedcare_job::JobSpec) -> String {
+    fedcare_models::layout(&spec.model, spec.n_features()).digest()
+}

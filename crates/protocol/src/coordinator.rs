@@ -166,6 +166,11 @@ impl JobRun {
         self.stage.name()
     }
 
+    /// The current global model (after the last completed training stage).
+    pub fn model(&self) -> &[f32] {
+        &self.model
+    }
+
     /// Rounds completed so far.
     pub fn history(&self) -> &[RoundRecord] {
         &self.history

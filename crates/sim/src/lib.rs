@@ -1,1 +1,214 @@
-//! fedcare-sim
+//! Simulation: a whole federation on one machine, over real gRPC on localhost.
+//!
+//! [`run`] starts a coordinator on a free loopback port, one site agent per config file in the
+//! example's `sites/` folder (each reading only its own data file), submits the example's job
+//! through the admin API as a research lead would, follows its progress, fetches the model and
+//! report, and writes them to the output folder. Because every site's file is local here, it
+//! also trains the same model centrally on the union of the training splits (the pooled
+//! reference) so the report shows what federation costs.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use fedcare_agent::{Agent, AgentConfig};
+use fedcare_data::{Dataset, FeatureSums, Standardization};
+use fedcare_job::JobSpec;
+use fedcare_server::client::{AdminClient, describe};
+use fedcare_server::report::{Metrics, PooledReference, Report};
+use tokio::sync::watch;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Job(#[from] fedcare_job::JobError),
+    #[error("{0}")]
+    Config(#[from] fedcare_agent::ConfigError),
+    #[error("{0}")]
+    Agent(#[from] fedcare_agent::AgentError),
+    #[error("no site configs (*.toml) in {0}")]
+    NoSites(PathBuf),
+    #[error("{0}")]
+    Serve(#[from] fedcare_server::ServeError),
+    #[error("{0}")]
+    Client(#[from] fedcare_server::client::ClientError),
+    #[error("pooled reference: {0}")]
+    Pooled(String),
+    #[error("only {connected} of {expected} sites connected within {waited:?}")]
+    SitesMissing { connected: usize, expected: usize, waited: Duration },
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+}
+
+/// What to simulate.
+#[derive(Debug, Clone)]
+pub struct SimOptions {
+    /// Folder with `job.toml` and `sites/*.toml`.
+    pub example_dir: PathBuf,
+    /// Overrides the job's rounds.
+    pub rounds: Option<u32>,
+    /// Where the model, report and the coordinator's state file go.
+    pub out_dir: PathBuf,
+    /// Train the pooled reference as well.
+    pub pooled_reference: bool,
+}
+
+/// The finished simulation.
+pub struct SimResult {
+    pub report: Report,
+    pub model_path: PathBuf,
+    pub report_path: PathBuf,
+    pub wall: Duration,
+}
+
+fn read(path: &Path) -> Result<String, SimError> {
+    std::fs::read_to_string(path).map_err(|source| SimError::Read { path: path.to_owned(), source })
+}
+
+/// The example's job spec text, with `rounds` replaced if asked.
+pub fn job_text(example_dir: &Path, rounds: Option<u32>) -> Result<(String, JobSpec), SimError> {
+    let path = example_dir.join("job.toml");
+    let text = read(&path)?;
+    let mut spec = JobSpec::from_toml(&text, &path.display().to_string())?;
+    let text = match rounds {
+        // Re-serialise so the override is part of the spec (and so of its hash).
+        Some(r) => {
+            spec.rounds = r;
+            spec.validate(&path.display().to_string())?;
+            toml_of(&spec)
+        }
+        None => text,
+    };
+    Ok((text, spec))
+}
+
+fn toml_of(spec: &JobSpec) -> String {
+    // The spec was just parsed from TOML, so it serialises back.
+    toml::to_string(spec).unwrap_or_default()
+}
+
+/// The site configs in `example_dir/sites`, sorted by file name.
+pub fn site_configs(example_dir: &Path) -> Result<Vec<(AgentConfig, PathBuf)>, SimError> {
+    let dir = example_dir.join("sites");
+    let entries = std::fs::read_dir(&dir).map_err(|source| SimError::Read { path: dir.clone(), source })?;
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    paths.sort();
+    if paths.is_empty() {
+        return Err(SimError::NoSites(dir));
+    }
+    paths.iter().map(|p| Ok(AgentConfig::load(p)?)).collect()
+}
+
+/// Runs the federation; `progress` receives one line per notable event.
+pub async fn run(opts: &SimOptions, mut progress: impl FnMut(&str)) -> Result<SimResult, SimError> {
+    let started = Instant::now();
+    let (spec_text, spec) = job_text(&opts.example_dir, opts.rounds)?;
+    let sites = site_configs(&opts.example_dir)?;
+    std::fs::create_dir_all(&opts.out_dir).map_err(|source| SimError::Write { path: opts.out_dir.clone(), source })?;
+    let state = opts.out_dir.join("coordinator.redb");
+    // A simulation starts from a clean slate each time.
+    let _ = std::fs::remove_file(&state);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let (listener, addr, coordinator) = fedcare_server::bind("127.0.0.1:0".parse().expect("valid literal address"), &state).await?;
+    let server = tokio::spawn(fedcare_server::serve_on(listener, coordinator, stopped(stop_rx.clone())));
+    let url = format!("http://{addr}");
+    progress(&format!("coordinator on {url}; starting {} site agents", sites.len()));
+
+    let mut agents = Vec::new();
+    let mut site_data = Vec::new();
+    for (mut cfg, base) in sites {
+        cfg.site.coordinator = url.clone();
+        site_data.push((cfg.data.clone(), base.clone()));
+        let agent = Agent::new(cfg, base)?;
+        agents.push(tokio::spawn(agent.run(stopped(stop_rx.clone()))));
+    }
+
+    let result = async {
+        let mut admin = AdminClient::connect(&url).await?;
+        wait_for_sites(&mut admin, agents.len()).await?;
+        let job_id = admin.submit(&spec_text).await?;
+        progress(&format!("job {} ({}) submitted: {} rounds", &job_id[..12], spec.name, spec.rounds));
+        let rounds = spec.rounds;
+        admin.watch(&job_id, |e| if let Some(line) = describe(e, rounds) { progress(&line) }).await?;
+        let (model, report) = admin.fetch(&job_id).await?;
+        Ok::<_, SimError>((model, report))
+    }
+    .await;
+    let _ = stop_tx.send(true);
+    for a in agents {
+        let _ = a.await;
+    }
+    let _ = server.await;
+    let (model, mut report) = result?;
+
+    if opts.pooled_reference {
+        progress("training the pooled reference (central model on the union of the training splits)");
+        report.pooled_reference = Some(pooled_reference(&spec, &site_data)?);
+    }
+    let model_path = opts.out_dir.join("model.safetensors");
+    let report_path = opts.out_dir.join("report.json");
+    std::fs::write(&model_path, &model).map_err(|source| SimError::Write { path: model_path.clone(), source })?;
+    let json = serde_json::to_string_pretty(&report).map_err(|e| SimError::Pooled(e.to_string()))?;
+    std::fs::write(&report_path, json).map_err(|source| SimError::Write { path: report_path.clone(), source })?;
+    Ok(SimResult { report, model_path, report_path, wall: started.elapsed() })
+}
+
+async fn wait_for_sites(admin: &mut AdminClient, expected: usize) -> Result<(), SimError> {
+    let waited = Duration::from_secs(30);
+    let deadline = Instant::now() + waited;
+    loop {
+        let connected = admin.sites().await?.len();
+        if connected >= expected {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(SimError::SitesMissing { connected, expected, waited });
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Trains the job's model centrally on the union of the sites' training splits, standardised
+/// with the pooled statistics (the same figures the federated statistics step computes), for
+/// as many epochs as a site trains in the whole job, and evaluates it on the union of the test
+/// splits.
+pub fn pooled_reference(spec: &JobSpec, sites: &[(fedcare_data::SiteDataConfig, PathBuf)]) -> Result<PooledReference, SimError> {
+    let err = |e: &dyn std::fmt::Display| SimError::Pooled(e.to_string());
+    let mut trains = Vec::new();
+    let mut tests = Vec::new();
+    for (cfg, base) in sites {
+        let (ds, _) = fedcare_data::load(&spec.schema, cfg, base).map_err(|e| err(&e))?;
+        let (train, test) = fedcare_data::split(&ds, &spec.schema.split).map_err(|e| err(&e))?;
+        trains.push(train);
+        tests.push(test);
+    }
+    let mut train = Dataset::concat(&trains.iter().collect::<Vec<_>>()).map_err(|e| err(&e))?;
+    let mut test = Dataset::concat(&tests.iter().collect::<Vec<_>>()).map_err(|e| err(&e))?;
+    let std = Standardization::from_sums(&FeatureSums::of(&train)).map_err(|e| err(&e))?;
+    std.apply(&mut train).map_err(|e| err(&e))?;
+    std.apply(&mut test).map_err(|e| err(&e))?;
+    let n = spec.n_features();
+    let mut params = fedcare_models::init(&spec.model, n, spec.seed);
+    let epochs = spec.rounds as usize * spec.training.local_epochs;
+    let mut cfg = spec.train_config(0, 0);
+    cfg.local_epochs = epochs;
+    let out = fedcare_models::train(&spec.model, &params, train.features(), n, train.labels(), &cfg).map_err(|e| err(&e))?;
+    params = out.params;
+    let probs = fedcare_models::predict(&spec.model, &params, test.features(), n).map_err(|e| err(&e))?;
+    let m = fedcare_models::metrics::evaluate(&probs, test.labels());
+    Ok(PooledReference {
+        test: Metrics { n: m.n, accuracy: m.accuracy(), auc: m.auc, loss: m.mean_loss() },
+        epochs,
+        note: "central training on the union of the sites' training splits, same model, optimiser and seed, \
+               evaluated on the union of their test splits"
+            .into(),
+    })
+}

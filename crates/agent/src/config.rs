@@ -1,0 +1,93 @@
+//! The site agent's configuration file (`site.toml`): who the site is, where its coordinator
+//! is, and how its own CSV maps onto a job's schema (the `[data]` table of `fedcare-data`).
+
+use std::path::{Path, PathBuf};
+
+use fedcare_data::SiteDataConfig;
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{source_name}: {message}")]
+    Parse { source_name: String, message: String },
+    #[error("field `{field}`: {message}")]
+    Invalid { field: String, message: String },
+}
+
+/// `[site]`: the site's identity and its coordinator.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteSection {
+    /// The site's name (letters, digits, '.', '_', '-'). With mutual TLS the certificate will
+    /// carry it instead.
+    pub id: String,
+    /// The coordinator's URL, e.g. `http://coordinator.example.org:50051`. The agent dials out;
+    /// nothing ever connects in.
+    pub coordinator: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    pub site: SiteSection,
+    pub data: SiteDataConfig,
+}
+
+impl AgentConfig {
+    /// Parses a config text; `source_name` (its path) appears in errors.
+    pub fn parse(text: &str, source_name: &str) -> Result<AgentConfig, ConfigError> {
+        let cfg: AgentConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { source_name: source_name.to_owned(), message: e.to_string() })?;
+        cfg.data
+            .validate(source_name)
+            .map_err(|e| ConfigError::Parse { source_name: source_name.to_owned(), message: e.to_string() })?;
+        fedcare_protocol::SiteId::parse(&cfg.site.id).map_err(|message| ConfigError::Invalid { field: "site.id".into(), message })?;
+        if !(cfg.site.coordinator.starts_with("http://") || cfg.site.coordinator.starts_with("https://")) {
+            return Err(ConfigError::Invalid {
+                field: "site.coordinator".into(),
+                message: format!("{:?} must be an http:// or https:// URL", cfg.site.coordinator),
+            });
+        }
+        Ok(cfg)
+    }
+
+    /// Reads and parses a config file; returns it with the directory that relative data paths
+    /// are resolved against.
+    pub fn load(path: &Path) -> Result<(AgentConfig, PathBuf), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let cfg = AgentConfig::parse(&text, &path.display().to_string())?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Ok((cfg, base))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CLEVELAND: &str = include_str!("../../../examples/heart-disease/sites/cleveland.toml");
+
+    #[test]
+    fn example_config_parses() {
+        let cfg = AgentConfig::parse(CLEVELAND, "cleveland.toml").unwrap();
+        assert_eq!(cfg.site.id, "cleveland");
+        assert!(cfg.data.path.ends_with("processed.cleveland.data"));
+    }
+
+    #[test]
+    fn unknown_key_names_file_and_line() {
+        let text = CLEVELAND.replacen("[site]", "[site]\ncolour = \"blue\"", 1);
+        let err = AgentConfig::parse(&text, "cleveland.toml").unwrap_err().to_string();
+        assert!(err.contains("cleveland.toml") && err.contains("colour") && err.contains("line"), "{err}");
+    }
+
+    #[test]
+    fn bad_site_id_and_url_are_refused() {
+        let text = CLEVELAND.replacen("id = \"cleveland\"", "id = \"clev land\"", 1);
+        assert!(AgentConfig::parse(&text, "x").unwrap_err().to_string().contains("site.id"));
+        let text = CLEVELAND.replacen("http://", "ftp://", 1);
+        assert!(AgentConfig::parse(&text, "x").unwrap_err().to_string().contains("site.coordinator"));
+    }
+}

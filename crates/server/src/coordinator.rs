@@ -1,0 +1,485 @@
+//! The coordinator: drives one [`JobRun`] state machine per job and carries its messages over
+//! gRPC.
+//!
+//! All state sits behind one `std::sync::Mutex` that is never held across an `.await`: an RPC
+//! locks, feeds one event into a state machine, drains the machine's actions (queue tasks on
+//! the sites' streams, persist and publish events), and unlocks. Work per event is small (the
+//! heaviest is adding one update into the running FedAvg sum), so one lock keeps the
+//! reasoning simple without costing throughput at cross-silo scale.
+//!
+//! Durability: a job is written to the store before it is offered to any site, and every event
+//! is appended to the store before any watcher sees it; a round's global model is written with
+//! its record.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use fedcare_job::{JobId, JobSpec};
+use fedcare_models::FlatParams;
+use fedcare_proto::PROTOCOL_VERSION;
+use fedcare_proto::v1 as pb;
+use fedcare_protocol::{Action, JobEvent, JobOutcome, JobRun, ReplyError, SiteId};
+use fedcare_store::{JobRecord, JobStatus, Store};
+use futures::Stream;
+use prost::Message;
+use tokio::sync::{mpsc, watch};
+use tonic::{Request, Response, Status};
+use tracing::{info, info_span, warn};
+
+use crate::report::Report;
+
+type TaskTx = mpsc::UnboundedSender<Result<pb::Task, Status>>;
+
+struct SiteConn {
+    conn: u64,
+    tx: TaskTx,
+    agent_version: String,
+}
+
+struct JobEntry {
+    run: JobRun,
+    spec: Arc<JobSpec>,
+    layout: fedcare_models::ParamLayout,
+    submitted: Instant,
+    /// Every event so far, in order; watchers replay them and then follow `published`.
+    events: Vec<pb::JobEvent>,
+    /// Number of events in `events`, and whether the job is over.
+    published: watch::Sender<(usize, bool)>,
+}
+
+struct State {
+    sites: BTreeMap<SiteId, SiteConn>,
+    jobs: BTreeMap<JobId, JobEntry>,
+    next_conn: u64,
+}
+
+struct Inner {
+    store: Store,
+    started: Instant,
+    state: Mutex<State>,
+}
+
+/// The coordinator's shared state; cheap to clone into each service.
+#[derive(Clone)]
+pub struct Coordinator {
+    inner: Arc<Inner>,
+}
+
+impl Coordinator {
+    pub fn new(store: Store) -> Coordinator {
+        Coordinator {
+            inner: Arc::new(Inner {
+                store,
+                started: Instant::now(),
+                state: Mutex::new(State { sites: BTreeMap::new(), jobs: BTreeMap::new(), next_conn: 1 }),
+            }),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.inner.started.elapsed().as_millis() as u64
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock is a bug in this crate; the state machines are written
+        // not to panic on input, so a poisoned lock is recovered rather than taking the whole
+        // coordinator down with it.
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies deadlines; the server calls this periodically.
+    pub fn tick(&self) {
+        let now = self.now_ms();
+        let mut st = self.lock();
+        let ids: Vec<JobId> = st.jobs.iter().filter(|(_, j)| !j.run.is_over()).map(|(id, _)| id.clone()).collect();
+        for id in ids {
+            if let Some(job) = st.jobs.get_mut(&id) {
+                if job.run.next_deadline().is_some_and(|d| d <= now) {
+                    job.run.tick(now);
+                    self.drive(&mut st, &id);
+                }
+            }
+        }
+    }
+
+    /// Validates, stores and starts a job; returns its id.
+    pub fn submit(&self, spec_toml: &str) -> Result<JobId, Status> {
+        let spec = JobSpec::from_toml(spec_toml, "submitted job spec").map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let id = spec.id();
+        let n_features = spec.n_features();
+        let layout = fedcare_models::layout(&spec.model, n_features);
+        let initial = fedcare_models::init(&spec.model, n_features, spec.seed);
+        let mut st = self.lock();
+        if st.jobs.contains_key(&id) {
+            return Err(Status::already_exists(format!("job {id} was already submitted")));
+        }
+        let record = JobRecord {
+            job_id: id.to_string(),
+            name: spec.name.clone(),
+            spec_toml: spec_toml.to_owned(),
+            submitted_unix_ms: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+            status: JobStatus::Running,
+        };
+        self.inner.store.insert_job(&record).map_err(|e| match e {
+            fedcare_store::StoreError::AlreadyExists(_) => {
+                Status::already_exists(format!("job {id} is already in the coordinator's state file"))
+            }
+            e => Status::internal(format!("could not record the job: {e}")),
+        })?;
+        let spec = Arc::new(spec);
+        let run = JobRun::new(spec.clone(), spec_toml.into(), layout.digest(), initial.values);
+        info!(job = %id.short(), name = %spec.name, rounds = spec.rounds, min_sites = spec.min_sites, "job submitted");
+        st.jobs.insert(id.clone(), JobEntry {
+            run,
+            spec,
+            layout,
+            submitted: Instant::now(),
+            events: Vec::new(),
+            published: watch::channel((0, false)).0,
+        });
+        let now = self.now_ms();
+        let sites: Vec<SiteId> = st.sites.keys().cloned().collect();
+        if let Some(job) = st.jobs.get_mut(&id) {
+            for s in &sites {
+                job.run.site_available(s, now);
+            }
+        }
+        self.drive(&mut st, &id);
+        Ok(id)
+    }
+
+    /// Registers a site's work stream, replacing an older one of the same site.
+    fn connect(&self, site: SiteId, agent_version: String) -> SiteStream {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let now = self.now_ms();
+        let mut st = self.lock();
+        let conn = st.next_conn;
+        st.next_conn += 1;
+        if st.sites.insert(site.clone(), SiteConn { conn, tx, agent_version }).is_some() {
+            // The old stream is gone; anything it owed is lost with it.
+            warn!(site = %site, "site reconnected; its previous stream is closed");
+            self.site_gone(&mut st, &site, now);
+        }
+        info!(site = %site, "site connected");
+        let ids: Vec<JobId> = st.jobs.keys().cloned().collect();
+        for id in ids {
+            if let Some(job) = st.jobs.get_mut(&id) {
+                job.run.site_available(&site, now);
+            }
+            self.drive(&mut st, &id);
+        }
+        SiteStream { rx, _guard: ConnGuard { coordinator: self.clone(), site, conn } }
+    }
+
+    fn disconnect(&self, site: &SiteId, conn: u64) {
+        let now = self.now_ms();
+        let mut st = self.lock();
+        if st.sites.get(site).is_some_and(|c| c.conn == conn) {
+            st.sites.remove(site);
+            info!(site = %site, "site disconnected");
+            self.site_gone(&mut st, site, now);
+        }
+    }
+
+    fn site_gone(&self, st: &mut State, site: &SiteId, now: u64) {
+        let ids: Vec<JobId> = st.jobs.keys().cloned().collect();
+        for id in ids {
+            if let Some(job) = st.jobs.get_mut(&id) {
+                job.run.site_lost(site, now);
+            }
+            self.drive(st, &id);
+        }
+    }
+
+    /// Feeds a site's reply into its job.
+    fn reply(&self, reply: pb::SiteReply) -> Result<(), Status> {
+        let reply = fedcare_wire::reply_from_wire(reply).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let span = info_span!("reply", site = %reply.site, job = %reply.job.short(), task = reply.task.0, kind = reply.kind.name());
+        let _enter = span.enter();
+        let now = self.now_ms();
+        let mut st = self.lock();
+        let job_id = reply.job.clone();
+        let job = st.jobs.get_mut(&job_id).ok_or_else(|| Status::not_found(format!("no job {job_id}")))?;
+        let result = job.run.handle_reply(reply, now);
+        // A refused update still changes the stage (the site leaves it), so drive either way.
+        self.drive(&mut st, &job_id);
+        result.map_err(|e| {
+            warn!(error = %e, "reply refused");
+            match e {
+                ReplyError::Refused { .. } => Status::invalid_argument(e.to_string()),
+                _ => Status::failed_precondition(e.to_string()),
+            }
+        })
+    }
+
+    /// Drains a job's actions: queue tasks, persist then publish events, store results.
+    fn drive(&self, st: &mut State, id: &JobId) {
+        loop {
+            let Some(job) = st.jobs.get_mut(id) else { return };
+            let Some(action) = job.run.poll() else { return };
+            match action {
+                Action::Send { site, task } => {
+                    let delivered = st.sites.get(&site).is_some_and(|c| c.tx.send(Ok(fedcare_wire::task_to_wire(&task))).is_ok());
+                    if !delivered {
+                        let now = self.now_ms();
+                        if let Some(job) = st.jobs.get_mut(id) {
+                            job.run.site_lost(&site, now);
+                        }
+                    }
+                }
+                Action::Event(event) => {
+                    if let JobEvent::RoundDone(record) = &event {
+                        let json = serde_json::to_string(record).unwrap_or_default();
+                        if let Err(e) = self.inner.store.put_round(id.as_str(), record.round, job.run.model(), &json) {
+                            warn!(error = %e, round = record.round, "could not persist the round");
+                        }
+                    }
+                    let wire = event_to_wire(&event);
+                    self.publish(job, wire);
+                }
+                Action::Finished(outcome) => {
+                    let kind = match self.finish(job, &outcome) {
+                        Ok(report_json) => pb::job_event::Kind::Finished(pb::JobFinished { report_json }),
+                        Err(reason) => {
+                            let _ = self.inner.store.set_status(id.as_str(), &JobStatus::Failed { reason: reason.clone() });
+                            pb::job_event::Kind::Failed(pb::JobFailed { reason })
+                        }
+                    };
+                    self.publish(job, kind);
+                }
+                Action::Failed(reason) => {
+                    warn!(job = %id.short(), %reason, "job failed");
+                    if let Err(e) = self.inner.store.set_status(id.as_str(), &JobStatus::Failed { reason: reason.clone() }) {
+                        warn!(error = %e, "could not persist the job's failure");
+                    }
+                    self.publish(job, pb::job_event::Kind::Failed(pb::JobFailed { reason }));
+                }
+            }
+        }
+    }
+
+    /// Writes the final model and report; returns the report JSON.
+    fn finish(&self, job: &JobEntry, outcome: &JobOutcome) -> Result<String, String> {
+        let params = FlatParams::new(job.layout.clone(), outcome.model.clone()).map_err(|e| format!("final model invalid: {e}"))?;
+        let bytes = fedcare_models::to_bytes(&job.spec.model, &params).map_err(|e| format!("could not encode the model: {e}"))?;
+        let report = Report::build(&job.spec, outcome, &job.layout.digest());
+        let json = serde_json::to_string_pretty(&report).map_err(|e| format!("could not encode the report: {e}"))?;
+        self.inner.store.put_result(job.run.id().as_str(), &bytes, &json).map_err(|e| format!("could not store the result: {e}"))?;
+        info!(job = %job.run.id().short(), accuracy = report.federated.accuracy, "job finished");
+        Ok(json)
+    }
+
+    fn publish(&self, job: &mut JobEntry, kind: pb::job_event::Kind) {
+        let event = pb::JobEvent {
+            job_id: job.run.id().to_string(),
+            elapsed_ms: job.submitted.elapsed().as_millis() as u64,
+            kind: Some(kind),
+        };
+        if let Err(e) = self.inner.store.append_event(job.run.id().as_str(), &event.encode_to_vec()) {
+            warn!(error = %e, "could not persist a job event");
+        }
+        job.events.push(event);
+        let over = job.run.is_over();
+        job.published.send_replace((job.events.len(), over));
+    }
+
+    /// Events of a job from index `from`, whether the job is over, and a receiver to wait on.
+    fn events_since(&self, id: &JobId, from: usize) -> Option<(Vec<pb::JobEvent>, bool, watch::Receiver<(usize, bool)>)> {
+        let st = self.lock();
+        let job = st.jobs.get(id)?;
+        let events = job.events.get(from..).unwrap_or_default().to_vec();
+        let over = job.published.borrow().1;
+        Some((events, over, job.published.subscribe()))
+    }
+
+    pub fn sites(&self) -> Vec<pb::SiteInfo> {
+        let st = self.lock();
+        st.sites
+            .iter()
+            .map(|(id, c)| {
+                let job = st
+                    .jobs
+                    .iter()
+                    .find(|(_, j)| !j.run.is_over() && j.run.participants().any(|p| p == id))
+                    .map(|(jid, _)| jid.to_string())
+                    .unwrap_or_default();
+                pb::SiteInfo { site_id: id.to_string(), agent_version: c.agent_version.clone(), job_id: job }
+            })
+            .collect()
+    }
+
+    fn fetch(&self, id: &JobId) -> Result<pb::FetchModelResponse, Status> {
+        {
+            let st = self.lock();
+            if let Some(job) = st.jobs.get(id) {
+                if !job.run.is_over() {
+                    let round = job.run.history().len();
+                    return Err(Status::failed_precondition(format!(
+                        "job {} is still running ({} stage, {round} of {} rounds done)",
+                        id.short(),
+                        job.run.stage_name(),
+                        job.spec.rounds
+                    )));
+                }
+            }
+        }
+        match self.inner.store.result(id.as_str()) {
+            Ok(Some((safetensors, report_json))) => Ok(pb::FetchModelResponse { safetensors, report_json }),
+            Ok(None) => match self.inner.store.job(id.as_str()) {
+                Ok(Some(rec)) => match rec.status {
+                    JobStatus::Failed { reason } => Err(Status::failed_precondition(format!("job failed: {reason}"))),
+                    _ => Err(Status::failed_precondition("job has no result")),
+                },
+                Ok(None) => Err(Status::not_found(format!("no job {id}"))),
+                Err(e) => Err(Status::internal(e.to_string())),
+            },
+            Err(e) => Err(Status::internal(e.to_string())),
+        }
+    }
+}
+
+fn event_to_wire(e: &JobEvent) -> pb::job_event::Kind {
+    use pb::job_event::Kind;
+    match e {
+        JobEvent::SitesJoined(sites) => Kind::Joined(pb::SitesJoined { sites: sites.iter().map(|s| s.to_string()).collect() }),
+        JobEvent::SiteRefused { site, round, reason } => {
+            Kind::Refused(pb::SiteRefused { site_id: site.to_string(), round: *round, reason: reason.clone() })
+        }
+        JobEvent::StatsDone { total_examples } => Kind::StatsDone(pb::StatsDone { total_examples: *total_examples }),
+        JobEvent::Progress { round, stage, sites_done, sites_total } => Kind::Progress(pb::RoundProgress {
+            round: *round,
+            stage: (*stage).to_owned(),
+            sites_done: *sites_done,
+            sites_total: *sites_total,
+        }),
+        JobEvent::RoundDone(r) => Kind::RoundDone(pb::RoundDone {
+            round: r.round,
+            sites: r.sites.len() as u32,
+            train_loss: r.train_loss,
+            eval_loss: r.eval.mean_loss(),
+            eval_accuracy: r.eval.accuracy(),
+            round_ms: r.finished_ms.saturating_sub(r.started_ms),
+        }),
+    }
+}
+
+/// Unregisters a site when its stream is dropped (the site disconnected).
+struct ConnGuard {
+    coordinator: Coordinator,
+    site: SiteId,
+    conn: u64,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.coordinator.disconnect(&self.site, self.conn);
+    }
+}
+
+/// A site's task stream.
+pub struct SiteStream {
+    rx: mpsc::UnboundedReceiver<Result<pb::Task, Status>>,
+    _guard: ConnGuard,
+}
+
+impl Stream for SiteStream {
+    type Item = Result<pb::Task, Status>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+// ----- gRPC services -----
+
+/// The site-facing service.
+#[derive(Clone)]
+pub struct SiteApi(pub Coordinator);
+
+#[tonic::async_trait]
+impl pb::site_service_server::SiteService for SiteApi {
+    type JoinStream = SiteStream;
+
+    async fn join(&self, request: Request<pb::JoinRequest>) -> Result<Response<SiteStream>, Status> {
+        let r = request.into_inner();
+        let site = fedcare_wire::site_id(&r.site_id, "site_id").map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let _span = info_span!("join", site = %site).entered();
+        if r.protocol_version != PROTOCOL_VERSION {
+            return Err(Status::failed_precondition(format!(
+                "site speaks protocol version {}, this coordinator speaks {PROTOCOL_VERSION}",
+                r.protocol_version
+            )));
+        }
+        Ok(Response::new(self.0.connect(site, r.agent_version)))
+    }
+
+    async fn submit(&self, request: Request<pb::SiteReply>) -> Result<Response<pb::SubmitAck>, Status> {
+        self.0.reply(request.into_inner())?;
+        Ok(Response::new(pb::SubmitAck {}))
+    }
+}
+
+/// The research lead's and operator's service.
+#[derive(Clone)]
+pub struct AdminApi(pub Coordinator);
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::JobEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::admin_service_server::AdminService for AdminApi {
+    type WatchJobStream = EventStream;
+
+    async fn submit_job(&self, request: Request<pb::SubmitJobRequest>) -> Result<Response<pb::SubmitJobResponse>, Status> {
+        let _span = info_span!("submit_job").entered();
+        let id = self.0.submit(&request.into_inner().spec_toml)?;
+        Ok(Response::new(pb::SubmitJobResponse { job_id: id.to_string() }))
+    }
+
+    async fn watch_job(&self, request: Request<pb::WatchJobRequest>) -> Result<Response<EventStream>, Status> {
+        let id = fedcare_wire::job_id(&request.into_inner().job_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if self.0.events_since(&id, 0).is_none() {
+            return Err(Status::not_found(format!("no job {id} is running or was run since the coordinator started")));
+        }
+        let coordinator = self.0.clone();
+        // Replay from the start, then follow: each step takes what is new since `next`.
+        let stream = futures::stream::unfold((0usize, None::<watch::Receiver<(usize, bool)>>), move |(next, rx)| {
+            let coordinator = coordinator.clone();
+            let id = id.clone();
+            async move {
+                let mut rx = rx;
+                loop {
+                    let (events, over, fresh_rx) = coordinator.events_since(&id, next)?;
+                    let rx_ref = rx.get_or_insert(fresh_rx);
+                    if !events.is_empty() {
+                        let n = events.len();
+                        let items: Vec<Result<pb::JobEvent, Status>> = events.into_iter().map(Ok).collect();
+                        return Some((futures::stream::iter(items), (next + n, rx)));
+                    }
+                    if over {
+                        return None;
+                    }
+                    // Wait for more; a closed channel means the coordinator is shutting down.
+                    if rx_ref.changed().await.is_err() {
+                        return None;
+                    }
+                }
+            }
+        });
+        use futures::StreamExt;
+        Ok(Response::new(Box::pin(stream.flatten())))
+    }
+
+    async fn list_sites(&self, _request: Request<pb::ListSitesRequest>) -> Result<Response<pb::ListSitesResponse>, Status> {
+        Ok(Response::new(pb::ListSitesResponse { sites: self.0.sites() }))
+    }
+
+    async fn fetch_model(&self, request: Request<pb::FetchModelRequest>) -> Result<Response<pb::FetchModelResponse>, Status> {
+        let id = fedcare_wire::job_id(&request.into_inner().job_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        Ok(Response::new(self.0.fetch(&id)?))
+    }
+}
+
+/// How often deadlines are checked.
+pub const TICK: Duration = Duration::from_millis(200);

@@ -1,0 +1,175 @@
+//! The job report: what a research lead reads after a job, as JSON (and printed as a table).
+//!
+//! Every figure in it comes from aggregate counts the sites sent (or, for the pooled reference
+//! in simulation, from a central run on the same splits); none is derived from a single record.
+
+use std::collections::BTreeMap;
+
+use fedcare_job::JobSpec;
+use fedcare_protocol::{EvalCounts, JobOutcome};
+use serde::{Deserialize, Serialize};
+
+/// Held-out metrics over some set of examples.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    pub n: u64,
+    pub accuracy: f64,
+    /// ROC AUC; `None` when the examples hold only one class.
+    pub auc: Option<f64>,
+    /// Mean binary cross-entropy.
+    pub loss: f64,
+}
+
+impl Metrics {
+    pub fn from_counts(c: &EvalCounts, exact_auc: Option<f64>) -> Metrics {
+        Metrics { n: c.n, accuracy: c.accuracy(), auc: exact_auc.or_else(|| c.auc()), loss: c.mean_loss() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoundSummary {
+    pub round: u32,
+    pub sites: Vec<String>,
+    pub train_loss: f64,
+    /// The new global model on the union of the sites' test splits.
+    pub eval: Metrics,
+    pub duration_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SiteSummary {
+    pub site: String,
+    pub train_examples: u64,
+    /// The final model on this site's test split (AUC computed exactly at the site).
+    pub test: Option<Metrics>,
+}
+
+/// Feature scaling the model expects, from the federation-wide statistics step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Scaling {
+    pub features: Vec<String>,
+    pub mean: Vec<f64>,
+    pub std: Vec<f64>,
+}
+
+/// A central model trained on the union of the training splits, evaluated the same way: what
+/// federation costs. Only possible in simulation, where every site's file is local.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PooledReference {
+    pub test: Metrics,
+    pub epochs: usize,
+    pub note: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub job_id: String,
+    pub job_name: String,
+    /// fedcare version that coordinated the job.
+    pub code_version: String,
+    pub model: String,
+    pub layout_digest: String,
+    pub parameters: usize,
+    pub spec: JobSpec,
+    /// How updates were protected. Until secure aggregation and differential privacy land this
+    /// says plainly that the coordinator saw each site's update.
+    pub protection: String,
+    pub rounds: Vec<RoundSummary>,
+    pub sites: Vec<SiteSummary>,
+    /// The final model on the union of all sites' test splits (pooled from counts).
+    pub federated: Metrics,
+    pub scaling: Scaling,
+    pub pooled_reference: Option<PooledReference>,
+}
+
+impl Report {
+    pub fn build(spec: &JobSpec, outcome: &JobOutcome, layout_digest: &str) -> Report {
+        let rounds = outcome
+            .rounds
+            .iter()
+            .map(|r| RoundSummary {
+                round: r.round,
+                sites: r.sites.iter().map(|s| s.to_string()).collect(),
+                train_loss: r.train_loss,
+                eval: Metrics::from_counts(&r.eval, None),
+                duration_ms: r.finished_ms.saturating_sub(r.started_ms),
+            })
+            .collect();
+        let mut sites: BTreeMap<String, SiteSummary> = BTreeMap::new();
+        for (site, n) in &outcome.train_examples {
+            sites.insert(site.to_string(), SiteSummary { site: site.to_string(), train_examples: *n, test: None });
+        }
+        let mut total = EvalCounts::zero();
+        for (site, eval) in &outcome.final_eval {
+            total.add(&eval.counts);
+            let entry = sites
+                .entry(site.to_string())
+                .or_insert_with(|| SiteSummary { site: site.to_string(), train_examples: 0, test: None });
+            entry.test = Some(Metrics::from_counts(&eval.counts, eval.auc));
+        }
+        Report {
+            job_id: spec.id().to_string(),
+            job_name: spec.name.clone(),
+            code_version: env!("CARGO_PKG_VERSION").to_owned(),
+            model: spec.model.name().to_owned(),
+            layout_digest: layout_digest.to_owned(),
+            parameters: outcome.model.len(),
+            spec: spec.clone(),
+            protection: "none: updates travel unmasked and un-noised over the connection; the coordinator sees \
+                         each site's update (secure aggregation and differential privacy are not yet enabled)"
+                .to_owned(),
+            rounds,
+            sites: sites.into_values().collect(),
+            federated: Metrics::from_counts(&total, None),
+            scaling: Scaling {
+                features: spec.schema.encoded_names(),
+                mean: outcome.standardization.mean.clone(),
+                std: outcome.standardization.std.clone(),
+            },
+            pooled_reference: None,
+        }
+    }
+
+    /// The table printed at the end of a run.
+    pub fn table(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let auc = |a: Option<f64>| a.map_or("   n/a".to_owned(), |a| format!("{a:6.3}"));
+        let _ = writeln!(out, "{:<14} {:>6} {:>8} {:>6} {:>7} {:>7}", "site", "train", "accuracy", "AUC", "loss", "n test");
+        for s in &self.sites {
+            match &s.test {
+                Some(m) => {
+                    let _ = writeln!(
+                        out,
+                        "{:<14} {:>6} {:>8.3} {} {:>7.3} {:>7}",
+                        s.site, s.train_examples, m.accuracy, auc(m.auc), m.loss, m.n
+                    );
+                }
+                None => {
+                    let _ = writeln!(out, "{:<14} {:>6}   (did not evaluate the final model)", s.site, s.train_examples);
+                }
+            }
+        }
+        let train_total: u64 = self.sites.iter().map(|s| s.train_examples).sum();
+        let f = &self.federated;
+        let _ = writeln!(
+            out,
+            "{:<14} {:>6} {:>8.3} {} {:>7.3} {:>7}",
+            "federated", train_total, f.accuracy, auc(f.auc), f.loss, f.n
+        );
+        if let Some(p) = &self.pooled_reference {
+            let m = &p.test;
+            let _ = writeln!(
+                out,
+                "{:<14} {:>6} {:>8.3} {} {:>7.3} {:>7}",
+                "pooled (ref.)", train_total, m.accuracy, auc(m.auc), m.loss, m.n
+            );
+        }
+        out
+    }
+}
+
+/// The report as pretty JSON (the form written to `report.json`).
+pub fn to_json(report: &Report) -> Result<String, serde_json::Error> {
+    serde_json::to_string_pretty(report)
+}
