@@ -108,15 +108,14 @@ fn load_from_store(
     net.to_flat(spec, n_features)
 }
 
-/// Saves the model as a safetensors file at `path` (replacing any existing file atomically).
+/// Saves the model as a safetensors file at `path`, replacing any existing file atomically
+/// (written to a temporary file beside it, then renamed), with the same bytes as [`to_bytes`].
 pub fn save(spec: &ModelSpec, params: &FlatParams, path: &Path) -> Result<(), ModelError> {
-    let (net, _) = module_for(spec, params)?;
-    let mut store = with_metadata(
-        SafetensorsStore::from_file(path).overwrite(true),
-        spec,
-        params,
-    );
-    net.save_into(&mut store).map_err(store_err)
+    let bytes = to_bytes(spec, params)?;
+    let tmp = path.with_extension("safetensors.tmp");
+    std::fs::write(&tmp, &bytes)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| ModelError::Store(format!("cannot write {}: {e}", path.display())))
 }
 
 /// Loads a safetensors file written by [`save`] for `spec` on `n_features` inputs.
@@ -135,7 +134,36 @@ pub fn to_bytes(spec: &ModelSpec, params: &FlatParams) -> Result<Vec<u8>, ModelE
     let (net, _) = module_for(spec, params)?;
     let mut store = with_metadata(SafetensorsStore::from_bytes(None), spec, params);
     net.save_into(&mut store).map_err(store_err)?;
-    store.get_bytes().map_err(store_err)
+    canonical_header(store.get_bytes().map_err(store_err)?)
+}
+
+/// Rewrites a safetensors header with its JSON keys sorted, so the same model always gives the
+/// same bytes (Burn writes the metadata from a hash map, in a different order each run). The
+/// file's hash can then name the model in reports and model cards. The header keeps its length
+/// (it is padded with spaces, as the format allows), so the tensor data does not move.
+fn canonical_header(mut bytes: Vec<u8>) -> Result<Vec<u8>, ModelError> {
+    fn sorted(v: serde_json::Value) -> serde_json::Value {
+        match v {
+            serde_json::Value::Object(map) => {
+                let ordered: std::collections::BTreeMap<String, serde_json::Value> =
+                    map.into_iter().map(|(k, v)| (k, sorted(v))).collect();
+                serde_json::Value::Object(ordered.into_iter().collect())
+            }
+            other => other,
+        }
+    }
+    let bad = |why: &str| ModelError::Store(format!("safetensors header: {why}"));
+    let len_bytes: [u8; 8] = bytes.get(..8).and_then(|b| b.try_into().ok()).ok_or_else(|| bad("too short"))?;
+    let n = usize::try_from(u64::from_le_bytes(len_bytes)).map_err(|_| bad("length overflows"))?;
+    let header = bytes.get(8..8 + n).ok_or_else(|| bad("length past the end"))?;
+    let value: serde_json::Value = serde_json::from_slice(header).map_err(|e| bad(&e.to_string()))?;
+    let mut text = serde_json::to_vec(&sorted(value)).map_err(|e| bad(&e.to_string()))?;
+    if text.len() > n {
+        return Err(bad("canonical header longer than the original"));
+    }
+    text.resize(n, b' ');
+    bytes[8..8 + n].copy_from_slice(&text);
+    Ok(bytes)
 }
 
 /// Same as [`load`] but from a buffer made by [`to_bytes`].
@@ -172,6 +200,21 @@ mod tests {
                 .params,
             x,
         )
+    }
+
+    #[test]
+    fn the_same_model_always_gives_the_same_bytes() {
+        let spec = ModelSpec::Mlp { hidden: vec![4, 3] };
+        let (params, _) = trained(&spec, 5);
+        let first = to_bytes(&spec, &params).unwrap();
+        for _ in 0..8 {
+            assert_eq!(to_bytes(&spec, &params).unwrap(), first);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.safetensors");
+        save(&spec, &params, &path).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), first);
+        assert_eq!(from_bytes(&spec, 5, &first).unwrap(), params);
     }
 
     #[test]

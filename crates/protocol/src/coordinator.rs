@@ -330,6 +330,9 @@ impl JobRun {
                     return Err(refuse("evaluation", format!("it is for round {}, not {round}", report.round)));
                 }
                 report.counts.validate().map_err(|e| refuse("evaluation", e))?;
+                if report.counts.n == 0 {
+                    return Err(refuse("evaluation", "it covers 0 examples".into()));
+                }
                 if let Some(auc) = report.auc {
                     if !(0.0..=1.0).contains(&auc) {
                         return Err(refuse("evaluation", format!("AUC {auc} outside [0, 1]")));
@@ -394,7 +397,9 @@ impl JobRun {
                     Err(e) => self.fail(format!("federated statistics unusable: {e}")),
                 }
             }
-            Stage::Training { round, agg, sites, started_ms } => {
+            Stage::Training { round, agg, mut sites, started_ms } => {
+                // Arrival order is a race; the record lists sites by name.
+                sites.sort();
                 if agg.updates() < quorum {
                     return self.fail(format!(
                         "round {round}: only {} valid updates, the job needs {quorum}",

@@ -268,7 +268,7 @@ impl Coordinator {
         let report = Report::build(&job.spec, outcome, &job.layout.digest());
         let json = serde_json::to_string_pretty(&report).map_err(|e| format!("could not encode the report: {e}"))?;
         self.inner.store.put_result(job.run.id().as_str(), &bytes, &json).map_err(|e| format!("could not store the result: {e}"))?;
-        info!(job = %job.run.id().short(), accuracy = report.federated.accuracy, "job finished");
+        info!(job = %job.run.id().short(), accuracy = ?report.federated.as_ref().map(|m| m.accuracy), "job finished");
         Ok(json)
     }
 

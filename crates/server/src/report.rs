@@ -21,8 +21,9 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn from_counts(c: &EvalCounts, exact_auc: Option<f64>) -> Metrics {
-        Metrics { n: c.n, accuracy: c.accuracy(), auc: exact_auc.or_else(|| c.auc()), loss: c.mean_loss() }
+    /// `None` for zero examples: there is no accuracy of nothing (and JSON has no NaN).
+    pub fn from_counts(c: &EvalCounts, exact_auc: Option<f64>) -> Option<Metrics> {
+        (c.n > 0).then(|| Metrics { n: c.n, accuracy: c.accuracy(), auc: exact_auc.or_else(|| c.auc()), loss: c.mean_loss() })
     }
 }
 
@@ -31,8 +32,8 @@ pub struct RoundSummary {
     pub round: u32,
     pub sites: Vec<String>,
     pub train_loss: f64,
-    /// The new global model on the union of the sites' test splits.
-    pub eval: Metrics,
+    /// The new global model on the union of the sites' test splits (`None` if no site evaluated).
+    pub eval: Option<Metrics>,
     pub duration_ms: u64,
 }
 
@@ -76,8 +77,9 @@ pub struct Report {
     pub protection: String,
     pub rounds: Vec<RoundSummary>,
     pub sites: Vec<SiteSummary>,
-    /// The final model on the union of all sites' test splits (pooled from counts).
-    pub federated: Metrics,
+    /// The final model on the union of all sites' test splits (pooled from counts); `None` if no
+    /// site evaluated it.
+    pub federated: Option<Metrics>,
     pub scaling: Scaling,
     pub pooled_reference: Option<PooledReference>,
 }
@@ -105,7 +107,7 @@ impl Report {
             let entry = sites
                 .entry(site.to_string())
                 .or_insert_with(|| SiteSummary { site: site.to_string(), train_examples: 0, test: None });
-            entry.test = Some(Metrics::from_counts(&eval.counts, eval.auc));
+            entry.test = Metrics::from_counts(&eval.counts, eval.auc);
         }
         Report {
             job_id: spec.id().to_string(),
@@ -151,12 +153,18 @@ impl Report {
             }
         }
         let train_total: u64 = self.sites.iter().map(|s| s.train_examples).sum();
-        let f = &self.federated;
-        let _ = writeln!(
-            out,
-            "{:<14} {:>6} {:>8.3} {} {:>7.3} {:>7}",
-            "federated", train_total, f.accuracy, auc(f.auc), f.loss, f.n
-        );
+        match &self.federated {
+            Some(f) => {
+                let _ = writeln!(
+                    out,
+                    "{:<14} {:>6} {:>8.3} {} {:>7.3} {:>7}",
+                    "federated", train_total, f.accuracy, auc(f.auc), f.loss, f.n
+                );
+            }
+            None => {
+                let _ = writeln!(out, "{:<14} {:>6}   (no site evaluated the final model)", "federated", train_total);
+            }
+        }
         if let Some(p) = &self.pooled_reference {
             let m = &p.test;
             let _ = writeln!(

@@ -1,0 +1,89 @@
+//! The bundled example end to end: four hospital sites and a coordinator over real gRPC on
+//! localhost, each site training on its own file, FedAvg for the default rounds.
+
+use fedcare_data::{Dataset, Standardization};
+use fedcare_e2e::{SITES, example_dir, site_config};
+use fedcare_job::JobSpec;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heart_disease_example_reaches_the_accuracy_bar_and_matches_its_saved_model() {
+    let out = tempfile::tempdir().unwrap();
+    let opts = fedcare_sim::SimOptions {
+        example_dir: example_dir(),
+        rounds: None,
+        out_dir: out.path().to_owned(),
+        pooled_reference: true,
+    };
+    let mut lines = Vec::new();
+    let result = fedcare_sim::run(&opts, |l| lines.push(l.to_owned())).await.expect("simulation runs");
+    let report = &result.report;
+    let spec = JobSpec::from_toml(&std::fs::read_to_string(example_dir().join("job.toml")).unwrap(), "job.toml").unwrap();
+
+    // Progress was shown for every round.
+    for r in 1..=spec.rounds {
+        assert!(lines.iter().any(|l| l.contains(&format!("round {r:>3}/{} done", spec.rounds))), "no progress line for round {r}");
+    }
+
+    let fed = report.federated.as_ref().expect("the final model was evaluated");
+    // The accuracy bar of the issue, on the union of the four test splits.
+    assert_eq!(report.rounds.len(), spec.rounds as usize);
+    assert!(fed.accuracy >= 0.78, "federated accuracy {} < 0.78", fed.accuracy);
+    let pooled = report.pooled_reference.as_ref().expect("pooled reference in simulation");
+    assert!(
+        (fed.accuracy - pooled.test.accuracy).abs() <= 0.02,
+        "federated {} vs pooled {}: more than 2 points apart",
+        fed.accuracy,
+        pooled.test.accuracy
+    );
+
+    // FLamby's split sizes at each site, reported as aggregate counts.
+    let expected = [("cleveland", 199, 104), ("hungarian", 172, 89), ("switzerland", 30, 16), ("va", 85, 45)];
+    assert_eq!(report.sites.len(), 4);
+    for (site, train, test) in expected {
+        let s = report.sites.iter().find(|s| s.site == site).unwrap_or_else(|| panic!("{site} missing from report"));
+        assert_eq!(s.train_examples, train, "{site} train");
+        assert_eq!(s.test.as_ref().unwrap().n, test, "{site} test");
+    }
+    assert_eq!(fed.n, 254);
+    // Switzerland's test split has one class only: its AUC is undefined, not invented.
+    let swiss = report.sites.iter().find(|s| s.site == "switzerland").unwrap();
+    assert_eq!(swiss.test.as_ref().unwrap().auc, None);
+
+    // The saved model, loaded back and applied with the report's scaling to the union of the
+    // test splits (computed here, independently of the sites), gives the reported accuracy.
+    let written: fedcare_server::report::Report =
+        serde_json::from_str(&std::fs::read_to_string(&result.report_path).unwrap()).unwrap();
+    assert_eq!(&written, report);
+    let params = fedcare_models::load(&spec.model, spec.n_features(), &result.model_path).expect("model loads back");
+    let std = Standardization { mean: report.scaling.mean.clone(), std: report.scaling.std.clone() };
+    let mut tests = Vec::new();
+    for name in SITES {
+        let (cfg, base) = site_config(name, "http://unused");
+        let (ds, _) = fedcare_data::load(&spec.schema, &cfg.data, &base).unwrap();
+        let (_, test) = fedcare_data::split(&ds, &spec.schema.split).unwrap();
+        tests.push(test);
+    }
+    let mut union = Dataset::concat(&tests.iter().collect::<Vec<_>>()).unwrap();
+    std.apply(&mut union).unwrap();
+    let probs = fedcare_models::predict(&spec.model, &params, union.features(), union.n_features()).unwrap();
+    let correct = probs.iter().zip(union.labels()).filter(|(p, y)| (**p >= 0.5) == (**y >= 0.5)).count();
+    let accuracy = correct as f64 / union.len() as f64;
+    assert!((accuracy - fed.accuracy).abs() < 1e-9, "saved model {accuracy} vs report {}", fed.accuracy);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_job_twice_gives_the_same_model() {
+    let mut models = Vec::new();
+    for _ in 0..2 {
+        let out = tempfile::tempdir().unwrap();
+        let opts = fedcare_sim::SimOptions {
+            example_dir: example_dir(),
+            rounds: Some(2),
+            out_dir: out.path().to_owned(),
+            pooled_reference: false,
+        };
+        let result = fedcare_sim::run(&opts, |_| {}).await.expect("simulation runs");
+        models.push(std::fs::read(&result.model_path).unwrap());
+    }
+    assert_eq!(models[0], models[1], "a job is deterministic given its seed");
+}
