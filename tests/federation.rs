@@ -15,7 +15,7 @@ async fn heart_disease_example_reaches_the_accuracy_bar_and_matches_its_saved_mo
         pooled_reference: true,
     };
     let mut lines = Vec::new();
-    let result = fedcare_sim::run(&opts, |l| lines.push(l.to_owned())).await.expect("simulation runs");
+    let result = fedcare_sim::run(&opts, |l| lines.push(l.text.clone())).await.expect("simulation runs");
     let report = &result.report;
     let spec = JobSpec::from_toml(&std::fs::read_to_string(example_dir().join("job.toml")).unwrap(), "job.toml").unwrap();
 

@@ -107,7 +107,7 @@ async fn hostile_and_broken_sites_are_refused_and_the_job_completes() {
     let id = admin.submit(&text).await.unwrap();
     assert_eq!(id, spec.id().to_string());
     let mut lines = Vec::new();
-    let report = tokio::time::timeout(Duration::from_secs(60), admin.watch(&id, |e| lines.extend(fedcare_server::client::describe(e, 3))))
+    let report = tokio::time::timeout(Duration::from_secs(60), admin.watch(&id, |e| lines.extend(fedcare_server::client::describe(e, 3).map(|l| l.text))))
         .await
         .expect("job ends in time")
         .expect("job finishes with the honest sites");

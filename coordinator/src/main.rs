@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use fedcare_server::client::{AdminClient, describe};
+use fedcare_server::client::{AdminClient, ProgressPrinter, describe};
 
 #[derive(Parser)]
 #[command(name = "coordinator", version, about = "fedcare coordinator: orchestrates federated training across hospital sites.", long_about = "\
@@ -139,9 +139,27 @@ fn serde_json_pretty(report: &fedcare_server::report::Report) -> Result<String> 
     fedcare_server::report::to_json(report).context("cannot encode the report")
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+/// Reports an error as one readable chain ("what failed: because: because"), without a
+/// backtrace, and exits non-zero.
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve { listen, state } => {
             init_logging(cli.log_format, "info");
@@ -155,7 +173,8 @@ async fn main() -> Result<()> {
                 out_dir: out,
                 pooled_reference: !no_pooled_reference,
             };
-            let result = fedcare_sim::run(&opts, |line| eprintln!("{line}"))
+            let mut printer = ProgressPrinter::default();
+            let result = fedcare_sim::run(&opts, |line| printer.print(line))
                 .await
                 .with_context(|| format!("simulation of {} failed", opts.example_dir.display()))?;
             println!("\nheld-out evaluation of the final model (job {}):\n", &result.report.job_id[..12]);
@@ -177,7 +196,8 @@ async fn main() -> Result<()> {
             println!("{id}");
             if watch {
                 let rounds = spec.rounds;
-                let report = admin.watch(&id, |e| if let Some(l) = describe(e, rounds) { eprintln!("{l}") }).await?;
+                let mut printer = ProgressPrinter::default();
+                let report = admin.watch(&id, |e| if let Some(l) = describe(e, rounds) { printer.print(&l) }).await?;
                 print!("\n{}", report.table());
                 if let Some(out) = out {
                     let (model, report) = admin.fetch(&id).await?;
@@ -188,7 +208,8 @@ async fn main() -> Result<()> {
         Command::Watch { job_id, coordinator } => {
             init_logging(cli.log_format, "warn");
             let mut admin = AdminClient::connect(&coordinator).await?;
-            let report = admin.watch(&job_id, |e| if let Some(l) = describe(e, 0) { eprintln!("{l}") }).await?;
+            let mut printer = ProgressPrinter::default();
+            let report = admin.watch(&job_id, |e| if let Some(l) = describe(e, 0) { printer.print(&l) }).await?;
             print!("{}", report.table());
         }
         Command::Sites { coordinator } => {

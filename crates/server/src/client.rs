@@ -12,7 +12,7 @@ use crate::report::Report;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach the coordinator at {url}: {source}")]
+    #[error("cannot reach the coordinator at {url}")]
     Connect { url: String, source: tonic::transport::Error },
     #[error("the coordinator refused: {}", .0.message())]
     Rpc(#[from] tonic::Status),
@@ -72,24 +72,67 @@ impl AdminClient {
     }
 }
 
+/// A progress line. Transient lines (which site finished what within a stage) are worth
+/// showing on a terminal, overwritten in place, but not in a log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Line {
+    pub text: String,
+    pub transient: bool,
+}
+
 /// One line describing an event, for progress output.
-pub fn describe(event: &pb::JobEvent, rounds: u32) -> Option<String> {
+pub fn describe(event: &pb::JobEvent, rounds: u32) -> Option<Line> {
     use pb::job_event::Kind;
     let t = event.elapsed_ms as f64 / 1000.0;
-    Some(match event.kind.as_ref()? {
-        Kind::Joined(j) => format!("[{t:7.2}s] sites joined: {}", j.sites.join(", ")),
-        Kind::StatsDone(s) => format!("[{t:7.2}s] federated feature statistics over {} training examples", s.total_examples),
-        Kind::Progress(p) if p.stage == "train" || p.stage == "eval" => format!(
-            "[{t:7.2}s] round {:>3}/{rounds} {:<5} sites done {}/{}",
-            p.round, p.stage, p.sites_done, p.sites_total
-        ),
-        Kind::Progress(_) => return None,
-        Kind::RoundDone(r) => format!(
-            "[{t:7.2}s] round {:>3}/{rounds} done: {} sites, train loss {:.4}, test loss {:.4}, test accuracy {:.3} ({} ms)",
+    let of_rounds = if rounds > 0 { format!("/{rounds}") } else { String::new() };
+    let line = |text: String| Some(Line { text, transient: false });
+    match event.kind.as_ref()? {
+        Kind::Joined(j) => line(format!("[{t:7.2}s] sites joined: {}", j.sites.join(", "))),
+        Kind::StatsDone(s) => line(format!("[{t:7.2}s] federated feature statistics over {} training examples", s.total_examples)),
+        Kind::Progress(p) => Some(Line {
+            text: format!("[{t:7.2}s] round {:>3}{of_rounds} {:<5} sites done {}/{}", p.round, p.stage, p.sites_done, p.sites_total),
+            transient: true,
+        }),
+        Kind::RoundDone(r) => line(format!(
+            "[{t:7.2}s] round {:>3}{of_rounds} done: {} sites, train loss {:.4}, test loss {:.4}, test accuracy {:.3} ({} ms)",
             r.round, r.sites, r.train_loss, r.eval_loss, r.eval_accuracy, r.round_ms
-        ),
-        Kind::Refused(r) => format!("[{t:7.2}s] site {} left round {}: {}", r.site_id, r.round, r.reason),
-        Kind::Finished(_) => format!("[{t:7.2}s] job finished"),
-        Kind::Failed(f) => format!("[{t:7.2}s] job FAILED: {}", f.reason),
-    })
+        )),
+        Kind::Refused(r) => line(format!("[{t:7.2}s] site {} left round {}: {}", r.site_id, r.round, r.reason)),
+        Kind::Finished(_) => line(format!("[{t:7.2}s] job finished")),
+        Kind::Failed(f) => line(format!("[{t:7.2}s] job FAILED: {}", f.reason)),
+    }
+}
+
+/// Prints progress lines to stderr: transient ones overwrite each other on a terminal and are
+/// skipped otherwise, so logs and CI output keep one line per notable event.
+pub struct ProgressPrinter {
+    tty: bool,
+    pending: bool,
+}
+
+impl Default for ProgressPrinter {
+    fn default() -> Self {
+        use std::io::IsTerminal;
+        ProgressPrinter { tty: std::io::stderr().is_terminal(), pending: false }
+    }
+}
+
+impl ProgressPrinter {
+    pub fn print(&mut self, line: &Line) {
+        use std::io::Write;
+        let mut err = std::io::stderr().lock();
+        if line.transient {
+            if self.tty {
+                let _ = write!(err, "\r{}\x1b[K", line.text);
+                let _ = err.flush();
+                self.pending = true;
+            }
+            return;
+        }
+        if self.pending {
+            let _ = write!(err, "\r\x1b[K");
+            self.pending = false;
+        }
+        let _ = writeln!(err, "{}", line.text);
+    }
 }

@@ -13,31 +13,31 @@ use std::time::{Duration, Instant};
 use fedcare_agent::{Agent, AgentConfig};
 use fedcare_data::{Dataset, FeatureSums, Standardization};
 use fedcare_job::JobSpec;
-use fedcare_server::client::{AdminClient, describe};
+use fedcare_server::client::{AdminClient, Line, describe};
 use fedcare_server::report::{Metrics, PooledReference, Report};
 use tokio::sync::watch;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read { path: PathBuf, source: std::io::Error },
-    #[error("{0}")]
+    #[error(transparent)]
     Job(#[from] fedcare_job::JobError),
-    #[error("{0}")]
+    #[error(transparent)]
     Config(#[from] fedcare_agent::ConfigError),
-    #[error("{0}")]
+    #[error(transparent)]
     Agent(#[from] fedcare_agent::AgentError),
     #[error("no site configs (*.toml) in {0}")]
     NoSites(PathBuf),
-    #[error("{0}")]
+    #[error(transparent)]
     Serve(#[from] fedcare_server::ServeError),
-    #[error("{0}")]
+    #[error(transparent)]
     Client(#[from] fedcare_server::client::ClientError),
     #[error("pooled reference: {0}")]
     Pooled(String),
     #[error("only {connected} of {expected} sites connected within {waited:?}")]
     SitesMissing { connected: usize, expected: usize, waited: Duration },
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}")]
     Write { path: PathBuf, source: std::io::Error },
 }
 
@@ -104,7 +104,7 @@ pub fn site_configs(example_dir: &Path) -> Result<Vec<(AgentConfig, PathBuf)>, S
 }
 
 /// Runs the federation; `progress` receives one line per notable event.
-pub async fn run(opts: &SimOptions, mut progress: impl FnMut(&str)) -> Result<SimResult, SimError> {
+pub async fn run(opts: &SimOptions, mut progress: impl FnMut(&Line)) -> Result<SimResult, SimError> {
     let started = Instant::now();
     let (spec_text, spec) = job_text(&opts.example_dir, opts.rounds)?;
     let sites = site_configs(&opts.example_dir)?;
@@ -120,7 +120,7 @@ pub async fn run(opts: &SimOptions, mut progress: impl FnMut(&str)) -> Result<Si
     let (listener, addr, coordinator) = fedcare_server::bind("127.0.0.1:0".parse().expect("valid literal address"), &state).await?;
     let server = tokio::spawn(fedcare_server::serve_on(listener, coordinator, stopped(stop_rx.clone())));
     let url = format!("http://{addr}");
-    progress(&format!("coordinator on {url}; starting {} site agents", sites.len()));
+    note(&mut progress, format!("coordinator on {url}; starting {} site agents", sites.len()));
 
     let mut agents = Vec::new();
     let mut site_data = Vec::new();
@@ -135,7 +135,7 @@ pub async fn run(opts: &SimOptions, mut progress: impl FnMut(&str)) -> Result<Si
         let mut admin = AdminClient::connect(&url).await?;
         wait_for_sites(&mut admin, agents.len()).await?;
         let job_id = admin.submit(&spec_text).await?;
-        progress(&format!("job {} ({}) submitted: {} rounds", &job_id[..12], spec.name, spec.rounds));
+        note(&mut progress, format!("job {} ({}) submitted: {} rounds", &job_id[..12], spec.name, spec.rounds));
         let rounds = spec.rounds;
         admin.watch(&job_id, |e| if let Some(line) = describe(e, rounds) { progress(&line) }).await?;
         let (model, report) = admin.fetch(&job_id).await?;
@@ -150,7 +150,7 @@ pub async fn run(opts: &SimOptions, mut progress: impl FnMut(&str)) -> Result<Si
     let (model, mut report) = result?;
 
     if opts.pooled_reference {
-        progress("training the pooled reference (central model on the union of the training splits)");
+        note(&mut progress, "training the pooled reference (central model on the union of the training splits)".into());
         report.pooled_reference = Some(pooled_reference(&spec, &site_data)?);
     }
     let model_path = opts.out_dir.join("model.safetensors");
@@ -159,6 +159,10 @@ pub async fn run(opts: &SimOptions, mut progress: impl FnMut(&str)) -> Result<Si
     let json = serde_json::to_string_pretty(&report).map_err(|e| SimError::Pooled(e.to_string()))?;
     std::fs::write(&report_path, json).map_err(|source| SimError::Write { path: report_path.clone(), source })?;
     Ok(SimResult { report, model_path, report_path, wall: started.elapsed() })
+}
+
+fn note(progress: &mut impl FnMut(&Line), text: String) {
+    progress(&Line { text, transient: false });
 }
 
 async fn wait_for_sites(admin: &mut AdminClient, expected: usize) -> Result<(), SimError> {

@@ -1,0 +1,154 @@
+//! The federation as separate processes, as hospitals would run it: `coordinator serve`, one
+//! `site-agent run --config site.toml` per site, and a research lead's `coordinator submit
+//! --watch`. Uses the binaries that `cargo test --workspace` builds.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fedcare_e2e::{SITES, binary, example_dir};
+
+/// Kills the child processes when the test ends, however it ends.
+struct Procs(Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn run(cmd: &mut Command) -> (bool, String, String) {
+    let out = cmd.stdin(Stdio::null()).output().expect("command starts");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn coordinator_and_four_site_agents_as_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut procs = Procs(Vec::new());
+    procs.0.push(
+        Command::new(binary("coordinator"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--state"])
+            .arg(dir.path().join("coordinator.redb"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("coordinator starts"),
+    );
+    for site in SITES {
+        procs.0.push(
+            Command::new(binary("site-agent"))
+                .args(["run", "--config"])
+                .arg(example_dir().join("sites").join(format!("{site}.toml")))
+                .args(["--coordinator", &url])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("site agent starts"),
+        );
+    }
+    // Wait until the four sites are connected (the agents retry until the coordinator is up).
+    let started = Instant::now();
+    loop {
+        let (ok, stdout, _) = run(Command::new(binary("coordinator")).args(["sites", "--coordinator", &url]));
+        if ok && stdout.lines().count() == 4 {
+            for site in SITES {
+                assert!(stdout.contains(site), "{stdout}");
+            }
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "sites did not connect: {stdout}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let out = dir.path().join("out");
+    let (ok, stdout, stderr) = run(
+        Command::new(binary("coordinator"))
+            .arg("submit")
+            .arg(example_dir().join("job.toml"))
+            .args(["--coordinator", &url, "--watch", "--out"])
+            .arg(&out),
+    );
+    assert!(ok, "submit failed:\n{stdout}\n{stderr}");
+    assert!(stderr.contains("round  10/10 done"), "progress shown per round:\n{stderr}");
+    assert!(stdout.contains("federated"), "results table printed:\n{stdout}");
+    let report: fedcare_server::report::Report = serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    assert!(report.federated.as_ref().unwrap().accuracy >= 0.78, "{:?}", report.federated);
+    assert_eq!(report.sites.len(), 4);
+    assert!(std::fs::metadata(out.join("model.safetensors")).unwrap().len() > 0);
+
+    // The same job id again is refused, and fetch gives the same report.
+    let job_id = stdout.lines().next().unwrap().trim().to_owned();
+    let (ok, _, stderr) = run(Command::new(binary("coordinator")).arg("submit").arg(example_dir().join("job.toml")).args(["--coordinator", &url]));
+    assert!(!ok && stderr.contains("already"), "{stderr}");
+    let fetched = dir.path().join("fetched");
+    let (ok, _, stderr) = run(Command::new(binary("coordinator")).args(["fetch", &job_id, "--coordinator", &url, "--out"]).arg(&fetched));
+    assert!(ok, "{stderr}");
+    assert_eq!(std::fs::read(fetched.join("model.safetensors")).unwrap(), std::fs::read(out.join("model.safetensors")).unwrap());
+}
+
+#[test]
+fn bad_configs_are_refused_with_file_and_position_before_anything_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    // A site config with an unknown key.
+    let site = std::fs::read_to_string(example_dir().join("sites/cleveland.toml")).unwrap().replacen("[data]", "[data]\npathh = \"x\"", 1);
+    let site_path = dir.path().join("site.toml");
+    std::fs::write(&site_path, site).unwrap();
+    let (ok, _, stderr) = run(Command::new(binary("site-agent")).args(["run", "--config"]).arg(&site_path));
+    assert!(!ok);
+    assert!(stderr.contains("site.toml") && stderr.contains("pathh") && stderr.contains("line"), "{stderr}");
+
+    // A job asking for a model the registry lacks.
+    let job = std::fs::read_to_string(example_dir().join("job.toml")).unwrap().replacen("logistic_regression", "gpt", 1);
+    let job_path = dir.path().join("job.toml");
+    std::fs::write(&job_path, job).unwrap();
+    let (ok, _, stderr) = run(Command::new(binary("coordinator")).arg("submit").arg(&job_path).args(["--coordinator", "http://127.0.0.1:9"]));
+    assert!(!ok);
+    assert!(stderr.contains("job.toml") && stderr.contains("gpt"), "{stderr}");
+
+    // A site whose file has a non-numeric value: `check` names file, line and column.
+    let data = std::fs::read_to_string(example_dir().join("data/processed.cleveland.data")).unwrap();
+    let mut lines: Vec<&str> = data.lines().collect();
+    let bad = lines[2].replacen("67.0", "sixty-seven", 1);
+    lines[2] = &bad;
+    let data_path = dir.path().join("bad.data");
+    std::fs::write(&data_path, lines.join("\n") + "\n").unwrap();
+    let site = std::fs::read_to_string(example_dir().join("sites/cleveland.toml"))
+        .unwrap()
+        .replacen("../data/processed.cleveland.data", &data_path.display().to_string(), 1);
+    std::fs::write(&site_path, site).unwrap();
+    let (ok, _, stderr) = run(Command::new(binary("site-agent")).args(["check", "--config"]).arg(&site_path).arg("--job").arg(example_dir().join("job.toml")));
+    assert!(!ok);
+    assert!(stderr.contains("bad.data") && stderr.contains("line 3"), "{stderr}");
+
+    // The coordinator cannot open a state file in a missing folder.
+    let (ok, _, stderr) = run(Command::new(binary("coordinator")).args(["serve", "--listen", "127.0.0.1:0", "--state", "/nonexistent-dir/x.redb"]));
+    assert!(!ok);
+    assert!(stderr.contains("/nonexistent-dir/x.redb"), "{stderr}");
+}
+
+#[test]
+fn check_reports_the_mapping_for_each_example_site() {
+    for (site, train, test) in [("cleveland", 199, 104), ("hungarian", 172, 89), ("switzerland", 30, 16), ("va", 85, 45)] {
+        let (ok, stdout, stderr) = run(
+            Command::new(binary("site-agent"))
+                .args(["check", "--config"])
+                .arg(example_dir().join("sites").join(format!("{site}.toml")))
+                .arg("--job")
+                .arg(example_dir().join("job.toml")),
+        );
+        assert!(ok, "{stderr}");
+        assert!(stdout.contains(&format!("train {train} ")) && stdout.contains(&format!("test {test} ")), "{stdout}");
+    }
+}
