@@ -231,6 +231,22 @@ impl Coordinator {
                     }
                 }
                 Action::Event(event) => {
+                    match &event {
+                        JobEvent::RoundDone(r) => info!(
+                            job = %id.short(),
+                            round = r.round,
+                            sites = r.sites.len(),
+                            train_loss = r.train_loss,
+                            test_accuracy = r.eval.accuracy(),
+                            ms = r.finished_ms.saturating_sub(r.started_ms),
+                            "round done"
+                        ),
+                        JobEvent::SiteRefused { site, round, reason } => {
+                            warn!(job = %id.short(), site = %site, round, %reason, "site left the round")
+                        }
+                        JobEvent::SitesJoined(sites) => info!(job = %id.short(), sites = sites.len(), "sites joined"),
+                        _ => {}
+                    }
                     if let JobEvent::RoundDone(record) = &event {
                         let json = serde_json::to_string(record).unwrap_or_default();
                         if let Err(e) = self.inner.store.put_round(id.as_str(), record.round, job.run.model(), &json) {
@@ -439,6 +455,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
 
     async fn watch_job(&self, request: Request<pb::WatchJobRequest>) -> Result<Response<EventStream>, Status> {
         let id = fedcare_wire::job_id(&request.into_inner().job_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        info!(job = %id.short(), "watch_job");
         if self.0.events_since(&id, 0).is_none() {
             return Err(Status::not_found(format!("no job {id} is running or was run since the coordinator started")));
         }
@@ -472,11 +489,13 @@ impl pb::admin_service_server::AdminService for AdminApi {
     }
 
     async fn list_sites(&self, _request: Request<pb::ListSitesRequest>) -> Result<Response<pb::ListSitesResponse>, Status> {
+        let _span = info_span!("list_sites").entered();
         Ok(Response::new(pb::ListSitesResponse { sites: self.0.sites() }))
     }
 
     async fn fetch_model(&self, request: Request<pb::FetchModelRequest>) -> Result<Response<pb::FetchModelResponse>, Status> {
         let id = fedcare_wire::job_id(&request.into_inner().job_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let _span = info_span!("fetch_model", job = %id.short()).entered();
         Ok(Response::new(self.0.fetch(&id)?))
     }
 }

@@ -21,9 +21,10 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// `None` for zero examples: there is no accuracy of nothing (and JSON has no NaN).
-    pub fn from_counts(c: &EvalCounts, exact_auc: Option<f64>) -> Option<Metrics> {
-        (c.n > 0).then(|| Metrics { n: c.n, accuracy: c.accuracy(), auc: exact_auc.or_else(|| c.auc()), loss: c.mean_loss() })
+    /// `None` for zero examples: there is no accuracy of nothing (and JSON has no NaN). `auc`
+    /// is a site's exact AUC, or for pooled figures the AUC from the merged histograms.
+    pub fn from_counts(c: &EvalCounts, auc: Option<f64>) -> Option<Metrics> {
+        (c.n > 0).then(|| Metrics { n: c.n, accuracy: c.accuracy(), auc, loss: c.mean_loss() })
     }
 }
 
@@ -93,7 +94,7 @@ impl Report {
                 round: r.round,
                 sites: r.sites.iter().map(|s| s.to_string()).collect(),
                 train_loss: r.train_loss,
-                eval: Metrics::from_counts(&r.eval, None),
+                eval: Metrics::from_counts(&r.eval, r.eval.auc()),
                 duration_ms: r.finished_ms.saturating_sub(r.started_ms),
             })
             .collect();
@@ -122,7 +123,7 @@ impl Report {
                 .to_owned(),
             rounds,
             sites: sites.into_values().collect(),
-            federated: Metrics::from_counts(&total, None),
+            federated: Metrics::from_counts(&total, total.auc()),
             scaling: Scaling {
                 features: spec.schema.encoded_names(),
                 mean: outcome.standardization.mean.clone(),
@@ -180,4 +181,60 @@ impl Report {
 /// The report as pretty JSON (the form written to `report.json`).
 pub fn to_json(report: &Report) -> Result<String, serde_json::Error> {
     serde_json::to_string_pretty(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use fedcare_data::Standardization;
+    use fedcare_protocol::messages::EvalReport;
+    use fedcare_protocol::{EvalCounts, JobOutcome, RoundRecord, SiteId};
+
+    use super::*;
+
+    fn counts(n: u64, correct: u64, pos_bin: usize, neg_bin: usize) -> EvalCounts {
+        let mut c = EvalCounts::zero();
+        c.n = n;
+        c.correct = correct;
+        c.loss_sum = n as f64 * 0.5;
+        c.pos_hist[pos_bin] = n / 2;
+        c.neg_hist[neg_bin] = n - n / 2;
+        c
+    }
+
+    #[test]
+    fn report_totals_are_the_sums_of_the_sites_counts() {
+        let spec = JobSpec::from_toml(include_str!("../../../examples/heart-disease/job.toml"), "job.toml").unwrap();
+        let a = SiteId::parse("a").unwrap();
+        let b = SiteId::parse("b").unwrap();
+        let mut final_eval = BTreeMap::new();
+        final_eval.insert(a.clone(), EvalReport { round: 1, counts: counts(10, 8, 90, 10), auc: Some(0.9) });
+        final_eval.insert(b.clone(), EvalReport { round: 1, counts: counts(30, 15, 40, 60), auc: None });
+        let mut total = EvalCounts::zero();
+        total.add(&final_eval[&a].counts);
+        total.add(&final_eval[&b].counts);
+        let outcome = JobOutcome {
+            model: vec![0.0; 16],
+            standardization: Standardization { mean: vec![0.0; 15], std: vec![1.0; 15] },
+            rounds: vec![RoundRecord { round: 1, sites: vec![a.clone(), b.clone()], train_loss: 0.4, eval: total, started_ms: 5, finished_ms: 25 }],
+            final_eval,
+            train_examples: [(a, 20), (b, 60)].into_iter().collect(),
+        };
+        let report = Report::build(&spec, &outcome, "digest");
+        let fed = report.federated.as_ref().unwrap();
+        assert_eq!(fed.n, 40);
+        assert!((fed.accuracy - 23.0 / 40.0).abs() < 1e-12);
+        // Site a's AUC is the exact one it computed; b has none; the pooled one comes from bins.
+        assert_eq!(report.sites[0].test.as_ref().unwrap().auc, Some(0.9));
+        assert_eq!(report.sites[1].test.as_ref().unwrap().auc, None);
+        assert!(fed.auc.is_some());
+        assert_eq!(report.rounds[0].duration_ms, 20);
+        assert_eq!(report.parameters, 16);
+        let table = report.table();
+        assert!(table.contains("federated") && table.contains("0.575") && table.contains("n/a"), "{table}");
+        // JSON round trip.
+        let back: Report = serde_json::from_str(&to_json(&report).unwrap()).unwrap();
+        assert_eq!(back, report);
+    }
 }
