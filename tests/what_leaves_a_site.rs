@@ -6,7 +6,6 @@
 //! record. (Secure aggregation and differential privacy will narrow this further.)
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
 
 use fedcare_data::{FeatureSums, Standardization};
@@ -46,25 +45,44 @@ impl SiteService for Scripted {
     }
 }
 
-/// Runs one site (Cleveland's config, with `data_path` as its file) through a 2-round job and
-/// returns everything it sent.
+/// A scripted coordinator with one real site agent (Cleveland's config, reading `data_path`)
+/// connected to it.
+struct Rig {
+    tasks: mpsc::UnboundedSender<Result<pb::Task, Status>>,
+    replies: mpsc::UnboundedReceiver<pb::SiteReply>,
+    agent: tokio::task::JoinHandle<Result<(), fedcare_agent::AgentError>>,
+    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl Rig {
+    async fn start(data_path: &std::path::Path) -> Rig {
+        let (tasks, task_rx) = mpsc::unbounded_channel();
+        let (reply_tx, replies) = mpsc::unbounded_channel();
+        let service = Scripted { tasks: Mutex::new(Some(task_rx)), replies: reply_tx };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(SiteServiceServer::new(service))
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        let (mut cfg, base) = site_config("cleveland", &url);
+        cfg.data.path = data_path.to_owned();
+        let agent = tokio::spawn(fedcare_agent::Agent::new(cfg, base).unwrap().run(std::future::pending::<()>()));
+        Rig { tasks, replies, agent, server }
+    }
+
+    fn stop(self) {
+        self.agent.abort();
+        self.server.abort();
+    }
+}
+
+/// Runs one site through a 2-round job and returns everything it sent.
 async fn drive_site(data_path: &std::path::Path) -> Vec<pb::SiteReply> {
     let (spec_toml, spec) = job(|s| s.rounds = 2);
-    let (task_tx, task_rx) = mpsc::unbounded_channel();
-    let (reply_tx, mut reply_rx) = mpsc::unbounded_channel();
-    let service = Scripted { tasks: Mutex::new(Some(task_rx)), replies: reply_tx };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let server = tokio::spawn(
-        tonic::transport::Server::builder().add_service(SiteServiceServer::new(service)).serve_with_incoming(TcpListenerStream::new(listener)),
-    );
-    let (mut cfg, base) = site_config("cleveland", &url);
-    cfg.data.path = data_path.to_owned();
-    let agent = fedcare_agent::Agent::new(cfg, base).unwrap();
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let agent = tokio::spawn(agent.run(async move {
-        let _ = stop_rx.wait_for(|s| *s).await;
-    }));
+    let mut rig = Rig::start(data_path).await;
+    let task_tx = rig.tasks.clone();
 
     let job_id = spec.id().to_string();
     let mut next_id = 0u64;
@@ -75,7 +93,7 @@ async fn drive_site(data_path: &std::path::Path) -> Vec<pb::SiteReply> {
     let mut sent = Vec::new();
     let mut ask = async |t: pb::Task| {
         task_tx.send(Ok(t)).unwrap();
-        let reply = tokio::time::timeout(Duration::from_secs(30), reply_rx.recv()).await.expect("site answers").unwrap();
+        let reply = tokio::time::timeout(Duration::from_secs(30), rig.replies.recv()).await.expect("site answers").unwrap();
         sent.push(reply.clone());
         reply
     };
@@ -97,10 +115,8 @@ async fn drive_site(data_path: &std::path::Path) -> Vec<pb::SiteReply> {
     }
     task_tx.send(Ok(task(Kind::End(pb::JobEnd { success: true, reason: String::new() })))).unwrap();
     // Nothing more arrives after the end.
-    assert!(tokio::time::timeout(Duration::from_millis(300), reply_rx.recv()).await.is_err(), "site sent after the job ended");
-    let _ = stop_tx.send(true);
-    let _ = agent.await;
-    server.abort();
+    assert!(tokio::time::timeout(Duration::from_millis(300), rig.replies.recv()).await.is_err(), "site sent after the job ended");
+    rig.stop();
     sent
 }
 
@@ -172,31 +188,18 @@ async fn a_declining_site_does_not_quote_its_data() {
     std::fs::write(&path, lines.join("\n") + "\n").unwrap();
 
     let (spec_toml, spec) = job(|_| {});
-    let (task_tx, task_rx) = mpsc::unbounded_channel();
-    let (reply_tx, mut reply_rx) = mpsc::unbounded_channel();
-    let service = Scripted { tasks: Mutex::new(Some(task_rx)), replies: reply_tx };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let server = tokio::spawn(
-        tonic::transport::Server::builder().add_service(SiteServiceServer::new(service)).serve_with_incoming(TcpListenerStream::new(listener)),
-    );
-    let (mut cfg, base) = site_config("cleveland", &url);
-    cfg.data.path = path;
-    let agent = fedcare_agent::Agent::new(cfg, base).unwrap();
-    let handle = tokio::spawn(agent.run(std::future::pending::<()>()));
+    let mut rig = Rig::start(&path).await;
     let offer = pb::Task {
         job_id: spec.id().to_string(),
         task_id: 1,
         kind: Some(pb::task::Kind::Offer(pb::JobOffer { spec_toml })),
     };
-    task_tx.send(Ok(offer)).unwrap();
-    let reply = tokio::time::timeout(Duration::from_secs(30), reply_rx.recv()).await.unwrap().unwrap();
+    rig.tasks.send(Ok(offer)).unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(30), rig.replies.recv()).await.unwrap().unwrap();
     let Some(pb::site_reply::Kind::Decision(d)) = &reply.kind else { panic!("decision expected: {reply:?}") };
     assert!(!d.accept, "a file with a non-numeric cell is refused");
     let bytes = prost::Message::encode_to_vec(&reply);
     assert!(!String::from_utf8_lossy(&bytes).contains("SMITH"), "the refusal quotes the record: {reply:?}");
     assert!(d.reason.contains("does not match the job's schema"), "{}", d.reason);
-    handle.abort();
-    server.abort();
-    let _ = Arc::new(());
+    rig.stop();
 }
