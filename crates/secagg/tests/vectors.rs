@@ -1,0 +1,211 @@
+//! Published test vectors, run through exactly the functions the protocol uses.
+
+use fedcare_secagg::crypto::{
+    IdentityKey, X25519Secret, aead_open, aead_seal, hkdf_sha256, verify_ed25519,
+};
+use fedcare_secagg::prg;
+
+fn hex(s: &str) -> Vec<u8> {
+    let s: String = s.split_whitespace().collect();
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+fn h32(s: &str) -> [u8; 32] {
+    hex(s).try_into().unwrap()
+}
+
+/// RFC 7748 §5.2: the two single scalar multiplications, and the iterated one (1 and 1000).
+#[test]
+fn x25519_rfc7748_section_5_2() {
+    let cases = [
+        (
+            "a546e36bf0527c9d3b16154b82465edd62144c0ac1fc5a18506a2244ba449ac4",
+            "e6db6867583030db3594c1a424b15f7c726624ec26b3353b10a903a6d0ab1c4c",
+            "c3da55379de9c6908e94ea4df28d084f32eccf03491c71f754b4075577a28552",
+        ),
+        (
+            "4b66e9d4d1b4673c5ad22691957d6af5c11b6421e0ea01d42ca4169e7918ba0d",
+            "e5210f12786811d3f4b7959d0538ae2c31dbe7106fc03c3efc4cd549c715a493",
+            "95cbde9476e8907d7aade45cb4b873f88b595a68799fa152e6f8f7647aac7957",
+        ),
+    ];
+    for (k, u, out) in cases {
+        assert_eq!(
+            *X25519Secret::from_bytes(h32(k)).agree(&h32(u)).unwrap(),
+            h32(out)
+        );
+    }
+    let mut k = [0u8; 32];
+    k[0] = 9;
+    let mut u = k;
+    for i in 1..=1000 {
+        let r = *X25519Secret::from_bytes(k).agree(&u).unwrap();
+        u = k;
+        k = r;
+        if i == 1 {
+            assert_eq!(
+                k,
+                h32("422c8e7a6227d7bca1350b3e2bb7279f7897b87bb6854b783c60e80311ae3079")
+            );
+        }
+    }
+    assert_eq!(
+        k,
+        h32("684cf59ba83309552800ef566f2f4d3c1c3887c49360e3875f2eb94d99532c51")
+    );
+}
+
+/// RFC 7748 §6.1: Diffie-Hellman between Alice and Bob.
+#[test]
+fn x25519_rfc7748_section_6_1() {
+    let a = X25519Secret::from_bytes(h32(
+        "77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a",
+    ));
+    let b = X25519Secret::from_bytes(h32(
+        "5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb",
+    ));
+    assert_eq!(
+        a.public_key(),
+        h32("8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a")
+    );
+    assert_eq!(
+        b.public_key(),
+        h32("de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f")
+    );
+    let k = h32("4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742");
+    assert_eq!(*a.agree(&b.public_key()).unwrap(), k);
+    assert_eq!(*b.agree(&a.public_key()).unwrap(), k);
+    // A low-order peer key gives no shared secret and is refused.
+    assert!(a.agree(&[0u8; 32]).is_none());
+    assert!(
+        a.agree(&h32(
+            "0100000000000000000000000000000000000000000000000000000000000000"
+        ))
+        .is_none()
+    );
+}
+
+/// RFC 5869 appendix A.1 and A.3 (HKDF-SHA256).
+#[test]
+fn hkdf_rfc5869() {
+    let mut okm = [0u8; 42];
+    hkdf_sha256(
+        &hex("000102030405060708090a0b0c"),
+        &[0x0b; 22],
+        &[&hex("f0f1f2f3f4f5f6f7f8f9")],
+        &mut okm,
+    )
+    .unwrap();
+    assert_eq!(
+        okm.to_vec(),
+        hex("3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865")
+    );
+    // The info may be given in pieces: same result.
+    let mut okm2 = [0u8; 42];
+    hkdf_sha256(
+        &hex("000102030405060708090a0b0c"),
+        &[0x0b; 22],
+        &[&hex("f0f1f2"), &hex("f3f4f5f6f7f8f9")],
+        &mut okm2,
+    )
+    .unwrap();
+    assert_eq!(okm, okm2);
+    hkdf_sha256(&[], &[0x0b; 22], &[], &mut okm).unwrap();
+    assert_eq!(
+        okm.to_vec(),
+        hex("8da4e775a563c18f715f802a063c5a31b8a11f5c5ee1879ec3454e5f3c738d2d9d201395faa4b61a96c8")
+    );
+}
+
+/// RFC 8439 §2.8.2 (ChaCha20-Poly1305).
+#[test]
+fn chacha20_poly1305_rfc8439_section_2_8_2() {
+    let key = h32("808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f");
+    let nonce: [u8; 12] = hex("070000004041424344454647").try_into().unwrap();
+    let aad = hex("50515253c0c1c2c3c4c5c6c7");
+    let pt = b"Ladies and Gentlemen of the class of '99: If I could offer you only one tip for the future, sunscreen would be it.";
+    let expected = hex(
+        "d31a8d34648e60db7b86afbc53ef7ec2a4aded51296e08fea9e2b5a736ee62d6
+         3dbea45e8ca9671282fafb69da92728b1a71de0a9e060b2905d6a5b67ecd3b36
+         92ddbd7f2d778b8c9803aee328091b58fab324e4fad675945585808b4831d7bc
+         3ff4def08e4b7a9de576d26586cec64b6116 1ae10b594f09e26a7e902ecbd0600691",
+    );
+    let ct = aead_seal(&key, nonce, &aad, pt);
+    assert_eq!(ct, expected);
+    assert_eq!(aead_open(&key, nonce, &aad, &ct).unwrap().as_slice(), pt);
+    let mut bad = ct.clone();
+    bad[10] ^= 1;
+    assert!(aead_open(&key, nonce, &aad, &bad).is_none());
+    assert!(aead_open(&key, nonce, b"other aad", &ct).is_none());
+}
+
+/// The mask PRG is AES-256-CTR. GCM spec (McGrew-Viega) test case 14, AES-256, zero key, zero
+/// IV, one zero block: its ciphertext is the keystream block E(K, IV ‖ 2), i.e. the first 16
+/// bytes of chunk 0 under the zero seed. Further values from Python's `cryptography`
+/// (OpenSSL's AES-CTR), independently of ring:
+///
+/// ```python
+/// from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+/// key = bytes(range(32))
+/// for chunk in (0, 1, 300):
+///     iv = chunk.to_bytes(8, 'big') + b'\0' * 4 + (2).to_bytes(4, 'big')
+///     ks = Cipher(algorithms.AES(key), modes.CTR(iv)).encryptor().update(b'\0' * 64)
+/// ```
+#[test]
+fn mask_prg_is_aes_256_ctr() {
+    let mut buf = [0u8; 16];
+    prg::MaskPrg::new(&[0u8; 32]).keystream(0, &mut buf);
+    assert_eq!(buf.to_vec(), hex("cea7403d4d606b6e074ec5d3baf39d18"));
+
+    let seed: [u8; 32] = std::array::from_fn(|i| i as u8);
+    let mut ks = [0u8; 64];
+    prg::MaskPrg::new(&seed).keystream(1, &mut ks);
+    assert_eq!(
+        ks.to_vec(),
+        hex(
+            "310b647d319ddc92e4539e9bbe37078debe3aefbffe3bacca34f42543ebb9fb6a8f36e769a45a0f1bc193426abad8c603b9b317fb5f1bb8cbc7143cbb8c6fbe6"
+        )
+    );
+    let c = prg::CHUNK;
+    let m = prg::expand(&seed, 32, 300 * c + 4);
+    assert_eq!(m[..4], [3736452110, 3179490485, 900311048, 2576428056]);
+    assert_eq!(
+        m[c..c + 4],
+        [2103708465, 2463931697, 2610844644, 2366060478]
+    );
+    assert_eq!(
+        m[300 * c..300 * c + 4],
+        [3493930461, 4116603764, 2840555763, 604275065]
+    );
+    // 12 bits: two keystream bytes per coordinate, little-endian, reduced mod 2^12.
+    let m = prg::expand(&seed, 12, c + 4);
+    assert_eq!(m[..4], [3086, 3765, 3253, 3459]);
+    assert_eq!(m[c..c + 4], [2865, 3428, 3377, 732]);
+}
+
+/// RFC 8032 §7.1 TEST 1 (Ed25519, empty message), through IdentityKey.
+#[test]
+fn ed25519_rfc8032_test_1() {
+    let id = IdentityKey::from_seed(&h32(
+        "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60",
+    ))
+    .unwrap();
+    let pk = hex("d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a");
+    assert_eq!(id.public_key(), pk);
+    let sig = id.sign(b"");
+    assert_eq!(
+        sig,
+        hex(
+            "e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e065224901555fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b"
+        )
+    );
+    assert!(verify_ed25519(&pk, b"", &sig));
+    assert!(!verify_ed25519(&pk, b"x", &sig));
+    // The PKCS#8 document round-trips through ring's parser.
+    let again = IdentityKey::from_pkcs8(id.pkcs8()).unwrap();
+    assert_eq!(again.public_key(), pk);
+    assert!(IdentityKey::from_pkcs8(&id.pkcs8()[..40]).is_err());
+}
