@@ -1,7 +1,8 @@
 //! Broken and hostile sites over real gRPC: a NaN update, a wrong-length update, a replayed
 //! reply, a reply for another job, a forged site id, a site that goes silent, and a site whose
 //! data does not match the job's schema. Each is refused with a reason and the job completes
-//! with the honest sites.
+//! with the honest sites. The job has secure aggregation off so that the coordinator's checks on
+//! plain updates are exercised (with it on, a plain update is refused outright).
 
 use std::time::Duration;
 
@@ -24,7 +25,12 @@ struct RogueLog {
 
 async fn rogue(url: String, other_job: String) -> RogueLog {
     let mut client = SiteServiceClient::connect(url).await.unwrap();
-    let join = pb::JoinRequest { site_id: "cleveland".into(), protocol_version: fedcare_proto::PROTOCOL_VERSION, agent_version: "rogue".into() };
+    let join = pb::JoinRequest {
+        site_id: "cleveland".into(),
+        protocol_version: fedcare_proto::PROTOCOL_VERSION,
+        agent_version: "rogue".into(),
+        identity_public_key: vec![7; 32],
+    };
     let mut tasks = client.join(join).await.unwrap().into_inner();
     let mut log = RogueLog::default();
     let mut last_reply: Option<pb::SiteReply> = None;
@@ -77,6 +83,7 @@ async fn rogue(url: String, other_job: String) -> RogueLog {
                 let _ = client.submit(reply(R::Evaluation(ev))).await;
             }
             T::End(_) => break,
+            other => panic!("a plain job sends no secure aggregation task: {other:?}"),
         }
     }
     log
@@ -98,6 +105,7 @@ async fn hostile_and_broken_sites_are_refused_and_the_job_completes() {
     coordinator.wait_for_sites(5).await;
 
     let (text, spec) = job(|s| {
+        s.secure_aggregation.enabled = false;
         s.rounds = 3;
         s.min_sites = 4;
         s.min_sites_per_round = Some(3);

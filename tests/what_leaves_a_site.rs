@@ -3,7 +3,9 @@
 //! proves the non-negotiable for this stage of the system: a site sends only a decision,
 //! aggregate feature sums, model updates and aggregate evaluation counts, and the size and
 //! shape of each is fixed by the job, not by the site's records, so no message can carry a
-//! record. (Secure aggregation and differential privacy will narrow this further.)
+//! record. These scripted runs use a job with secure aggregation off, the widest a site's
+//! output can be; `tests/secure_aggregation.rs` shows that with it on (the default) no
+//! plaintext update leaves at all.
 
 use std::pin::Pin;
 use std::time::Duration;
@@ -80,7 +82,10 @@ impl Rig {
 
 /// Runs one site through a 2-round job and returns everything it sent.
 async fn drive_site(data_path: &std::path::Path) -> Vec<pb::SiteReply> {
-    let (spec_toml, spec) = job(|s| s.rounds = 2);
+    let (spec_toml, spec) = job(|s| {
+        s.rounds = 2;
+        s.secure_aggregation.enabled = false;
+    });
     let mut rig = Rig::start(data_path).await;
     let task_tx = rig.tasks.clone();
 
@@ -108,7 +113,7 @@ async fn drive_site(data_path: &std::path::Path) -> Vec<pb::SiteReply> {
     let mut model = fedcare_models::init(&spec.model, spec.n_features(), spec.seed).values;
     for round in 1..=spec.rounds {
         let m = pb::Model { layout_digest: layout.digest(), values: model.clone() };
-        let upd = ask(task(Kind::Train(pb::TrainTask { round, model: Some(m.clone()), standardization: Some(std.clone()) }))).await;
+        let upd = ask(task(Kind::Train(pb::TrainTask { round, model: Some(m.clone()), standardization: Some(std.clone()), secagg: None }))).await;
         let Some(pb::site_reply::Kind::Update(u)) = upd.kind else { panic!("update expected") };
         model = model.iter().zip(&u.delta).map(|(a, d)| a + d).collect();
         ask(task(Kind::Eval(pb::EvalTask { round, model: Some(m), standardization: Some(std.clone()) }))).await;
@@ -129,6 +134,10 @@ fn shape(r: &pb::SiteReply) -> (&'static str, Vec<usize>) {
         Kind::Update(u) => ("update", vec![u.delta.len()]),
         Kind::Evaluation(e) => ("evaluation", vec![e.pos_hist.len(), e.neg_hist.len()]),
         Kind::Failed(_) => ("failed", vec![]),
+        Kind::Keys(_) => ("keys", vec![]),
+        Kind::Shares(s) => ("shares", vec![s.shares.len()]),
+        Kind::Masked(_) => ("masked", vec![]),
+        Kind::Unmask(_) => ("unmask", vec![]),
     }
 }
 
@@ -143,7 +152,10 @@ async fn a_site_sends_only_fixed_size_aggregates_whatever_its_records() {
     let from_full = drive_site(&full).await;
     let from_small = drive_site(&small).await;
 
-    let (_, spec) = job(|s| s.rounds = 2);
+    let (_, spec) = job(|s| {
+        s.rounds = 2;
+        s.secure_aggregation.enabled = false;
+    });
     let params = fedcare_models::layout(&spec.model, spec.n_features()).len();
     let width = spec.n_features();
     let hist = fedcare_models::metrics::HIST_BINS;

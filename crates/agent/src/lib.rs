@@ -35,12 +35,15 @@ pub enum AgentError {
     BadUrl(String),
     #[error("the coordinator refused this site: {0}")]
     Refused(String),
+    #[error("cannot create the site's identity key: {0}")]
+    Identity(String),
 }
 
 /// A running site agent.
 pub struct Agent {
     site: SiteId,
     coordinator: String,
+    identity_public_key: Vec<u8>,
     session: SiteSession,
     work: work::Worker,
 }
@@ -55,12 +58,17 @@ impl Agent {
     /// `base_dir` resolves the relative data path (normally the config file's directory).
     pub fn new(config: AgentConfig, base_dir: PathBuf) -> Result<Agent, AgentError> {
         let site = SiteId::parse(&config.site.id).map_err(|e| ConfigError::Invalid { field: "site.id".into(), message: e })?;
-        let session = SiteSession::new(site.clone(), layout_digest);
+        // The long-term key that signs this site's secure aggregation keys. It lives as long as
+        // the process; binding it to the site's certificate is the governance issue's work.
+        let identity = fedcare_secagg::IdentityKey::generate(&mut fedcare_secagg::SystemRng::new())
+            .map_err(|e| AgentError::Identity(e.to_string()))?;
+        let session = SiteSession::new(site.clone(), layout, identity.public_key());
         Ok(Agent {
             site: site.clone(),
             coordinator: config.site.coordinator.clone(),
+            identity_public_key: identity.public_key(),
             session,
-            work: work::Worker::new(site, config.data, base_dir),
+            work: work::Worker::new(site, config.data, base_dir, identity),
         })
     }
 
@@ -111,6 +119,7 @@ impl Agent {
             site_id: self.site.to_string(),
             protocol_version: PROTOCOL_VERSION,
             agent_version: format!("fedcare site-agent {}", env!("CARGO_PKG_VERSION")),
+            identity_public_key: self.identity_public_key.clone(),
         };
         let mut stream = match client.join(join).await {
             Ok(r) => r.into_inner(),
@@ -157,7 +166,8 @@ impl Agent {
     }
 }
 
-/// The model layout digest a job implies, for checking models the coordinator sends.
-fn layout_digest(spec: &fedcare_job::JobSpec) -> String {
-    fedcare_models::layout(&spec.model, spec.n_features()).digest()
+/// The model layout digest and length a job implies, for checking what the coordinator sends.
+fn layout(spec: &fedcare_job::JobSpec) -> (String, usize) {
+    let layout = fedcare_models::layout(&spec.model, spec.n_features());
+    (layout.digest(), layout.len())
 }

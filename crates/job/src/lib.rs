@@ -91,6 +91,53 @@ impl Default for Deadlines {
     }
 }
 
+/// Secure aggregation (SecAgg+) settings. On by default: the coordinator then learns only the
+/// sum of a round's surviving sites' updates.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecureAggregationSpec {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Ring Z_{2^bits} of the masked sum.
+    #[serde(default = "default_bits")]
+    pub bits: u32,
+    /// Bound on each coordinate of a site's weighted update (its delta times its share of the
+    /// job's examples); larger values are clipped before quantisation.
+    #[serde(default = "default_clip")]
+    pub clip: f32,
+    /// Fraction of a round's sites that may drop out while the sum stays exact.
+    #[serde(default = "default_dropout")]
+    pub dropout_fraction: f64,
+    /// Fraction of sites assumed to collude with the coordinator.
+    #[serde(default)]
+    pub corruption_fraction: f64,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_bits() -> u32 {
+    32
+}
+fn default_clip() -> f32 {
+    4.0
+}
+fn default_dropout() -> f64 {
+    0.25
+}
+
+impl Default for SecureAggregationSpec {
+    fn default() -> Self {
+        SecureAggregationSpec {
+            enabled: true,
+            bits: default_bits(),
+            clip: default_clip(),
+            dropout_fraction: default_dropout(),
+            corruption_fraction: 0.0,
+        }
+    }
+}
+
 /// A federated job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -114,6 +161,8 @@ pub struct JobSpec {
     pub training: TrainingSpec,
     #[serde(default)]
     pub deadlines: Deadlines,
+    #[serde(default)]
+    pub secure_aggregation: SecureAggregationSpec,
     pub schema: Schema,
 }
 
@@ -164,6 +213,18 @@ impl JobSpec {
         }
         if self.deadlines.offer_secs == 0 || self.deadlines.stage_secs == 0 {
             return Err(bad("deadlines", "deadlines must be at least one second".into()));
+        }
+        let sa = &self.secure_aggregation;
+        if !(8..=64).contains(&sa.bits) {
+            return Err(bad("secure_aggregation.bits", format!("must be between 8 and 64, got {}", sa.bits)));
+        }
+        if !(sa.clip.is_finite() && sa.clip > 0.0) {
+            return Err(bad("secure_aggregation.clip", format!("must be a positive number, got {}", sa.clip)));
+        }
+        for (field, f) in [("secure_aggregation.dropout_fraction", sa.dropout_fraction), ("secure_aggregation.corruption_fraction", sa.corruption_fraction)] {
+            if !(f.is_finite() && (0.0..0.5).contains(&f)) {
+                return Err(bad(field, format!("must be in [0, 0.5), got {f}")));
+            }
         }
         self.model.validate().map_err(|e| bad("model", e.to_string()))?;
         self.schema.validate().map_err(|e| bad("schema", e.to_string()))?;

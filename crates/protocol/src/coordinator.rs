@@ -16,8 +16,11 @@ use fedcare_data::{FeatureSums, Standardization};
 use fedcare_job::{JobId, JobSpec};
 use serde::{Deserialize, Serialize};
 
+use fedcare_secagg::{AdvertiseKeys, EncryptedShare, Encoder, MaskedInput, RoundSetup, UnmaskResponse};
+
 use crate::fedavg::FedAvg;
-use crate::messages::{EvalCounts, EvalReport, ModelVector, Reply, ReplyKind, SiteId, Task, TaskId, TaskKind};
+use crate::messages::{EvalCounts, EvalReport, ModelVector, Reply, ReplyKind, SecAggRound, SiteId, Task, TaskId, TaskKind};
+use crate::secure;
 
 /// Why a reply was not accepted. The state is unchanged unless the variant says otherwise.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -83,11 +86,40 @@ pub enum Action {
     Failed(String),
 }
 
+/// The four exchanges of a secure aggregation round, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SecStep {
+    Keys,
+    Shares,
+    Masked,
+    Unmask,
+}
+
+/// The coordinator's side of one round's secure aggregation.
+#[derive(Debug)]
+struct SecureRound {
+    server: fedcare_secagg::Server,
+    setup: Arc<SecAggRound>,
+    step: SecStep,
+    /// Each site's index in the setup.
+    index: BTreeMap<SiteId, u32>,
+    /// FedAvg weight (training examples) each site declared with its keys.
+    weights: BTreeMap<u32, u64>,
+}
+
+impl SecureRound {
+    fn site_of(&self, index: u32) -> Option<SiteId> {
+        self.index.iter().find(|(_, i)| **i == index).map(|(s, _)| s.clone())
+    }
+}
+
 #[derive(Debug)]
 enum Stage {
     Recruiting,
     Stats { sums: FeatureSums, reported: u32 },
-    Training { round: u32, agg: FedAvg, sites: Vec<SiteId>, started_ms: u64 },
+    /// Local training and aggregation: plain FedAvg of the updates, or with `secure`, the four
+    /// SecAgg+ exchanges after which only the sum is known.
+    Training { round: u32, agg: FedAvg, sites: Vec<SiteId>, started_ms: u64, secure: Option<Box<SecureRound>> },
     Evaluating { round: u32, counts: EvalCounts, record: RoundRecord },
     Over,
 }
@@ -117,6 +149,8 @@ pub struct JobRun {
     participants: BTreeSet<SiteId>,
     /// Sites the job was offered to (accepted, refused or pending).
     offered: BTreeSet<SiteId>,
+    /// Each site's long-term public key, which signs its secure aggregation keys.
+    identities: BTreeMap<SiteId, Vec<u8>>,
     /// The one task each site must answer next, with its deadline.
     outstanding: BTreeMap<SiteId, (TaskId, u64)>,
     next_task: u64,
@@ -139,6 +173,7 @@ impl JobRun {
             stage: Stage::Recruiting,
             participants: BTreeSet::new(),
             offered: BTreeSet::new(),
+            identities: BTreeMap::new(),
             outstanding: BTreeMap::new(),
             next_task: 1,
             standardization: None,
@@ -187,11 +222,12 @@ impl JobRun {
     }
 
     /// A site is connected and may be offered the job. Offers go out only while recruiting and
-    /// once per site.
-    pub fn site_available(&mut self, site: &SiteId, now_ms: u64) {
+    /// once per site. `identity` is the site's long-term public key.
+    pub fn site_available(&mut self, site: &SiteId, identity: &[u8], now_ms: u64) {
         if !matches!(self.stage, Stage::Recruiting) || self.offered.contains(site) {
             return;
         }
+        self.identities.insert(site.clone(), identity.to_vec());
         self.offered.insert(site.clone());
         let kind = TaskKind::Offer { spec_toml: self.spec_toml.clone() };
         let deadline = now_ms.saturating_add(self.spec.deadlines.offer_secs.saturating_mul(1000));
@@ -251,10 +287,16 @@ impl JobRun {
         if expected != reply.task {
             return Err(ReplyError::WrongTask { site, expected, got: reply.task });
         }
-        let expected_kind = match self.stage {
+        let expected_kind = match &self.stage {
             Stage::Recruiting => "decision",
             Stage::Stats { .. } => "stats",
-            Stage::Training { .. } => "update",
+            Stage::Training { secure: None, .. } => "update",
+            Stage::Training { secure: Some(sec), .. } => match sec.step {
+                SecStep::Keys => "keys",
+                SecStep::Shares => "shares",
+                SecStep::Masked => "masked",
+                SecStep::Unmask => "unmasked",
+            },
             Stage::Evaluating { .. } => "evaluation",
             Stage::Over => return Err(ReplyError::JobOver),
         };
@@ -314,6 +356,54 @@ impl JobRun {
                         self.participants.remove(site);
                         Err(refuse("feature sums", reason))
                     }
+                }
+            }
+            (Stage::Training { round, secure: Some(sec), .. }, kind) => {
+                let round = *round;
+                let index = *sec.index.get(site).ok_or_else(|| refuse("reply", "site is not in this round's setup".into()))?;
+                let check_round = |r: u32, what: &'static str| {
+                    if r == round { Ok(()) } else { Err(refuse(what, format!("it is for round {r}, not {round}"))) }
+                };
+                match kind {
+                    ReplyKind::Keys { round: r, keys, num_examples } => {
+                        check_round(r, "keys")?;
+                        let keys = AdvertiseKeys::from_bytes(&keys).map_err(|e| refuse("keys", e.to_string()))?;
+                        if keys.index != index {
+                            return Err(refuse("keys", format!("they claim index {}, the site's index is {index}", keys.index)));
+                        }
+                        if num_examples == 0 {
+                            return Err(refuse("keys", "they declare 0 training examples".into()));
+                        }
+                        sec.server.add_keys(keys).map_err(|e| refuse("keys", e.to_string()))?;
+                        sec.weights.insert(index, num_examples);
+                        Ok(())
+                    }
+                    ReplyKind::Shares { round: r, shares } => {
+                        check_round(r, "shares")?;
+                        let shares = shares
+                            .iter()
+                            .map(|b| EncryptedShare::from_bytes(b))
+                            .collect::<Result<Vec<_>, _>>()
+                            .map_err(|e| refuse("shares", e.to_string()))?;
+                        sec.server.add_shares(index, shares).map_err(|e| refuse("shares", e.to_string()))
+                    }
+                    ReplyKind::Masked { round: r, masked } => {
+                        check_round(r, "masked update")?;
+                        let m = MaskedInput::from_bytes(&masked).map_err(|e| refuse("masked update", e.to_string()))?;
+                        if m.from != index {
+                            return Err(refuse("masked update", format!("it claims index {}, the site's index is {index}", m.from)));
+                        }
+                        sec.server.add_masked(m).map_err(|e| refuse("masked update", e.to_string()))
+                    }
+                    ReplyKind::Unmasked { round: r, response } => {
+                        check_round(r, "unmasking shares")?;
+                        let u = UnmaskResponse::from_bytes(&response).map_err(|e| refuse("unmasking shares", e.to_string()))?;
+                        if u.from != index {
+                            return Err(refuse("unmasking shares", format!("they claim index {}, the site's index is {index}", u.from)));
+                        }
+                        sec.server.add_unmask(u).map_err(|e| refuse("unmasking shares", e.to_string()))
+                    }
+                    other => Err(ReplyError::WrongKind { site: site.clone(), expected: "secure aggregation", got: other.name() }),
                 }
             }
             (Stage::Training { round, agg, sites, .. }, ReplyKind::Update(update)) => {
@@ -397,7 +487,10 @@ impl JobRun {
                     Err(e) => self.fail(format!("federated statistics unusable: {e}")),
                 }
             }
-            Stage::Training { round, agg, mut sites, started_ms } => {
+            Stage::Training { round, agg, sites, started_ms, secure: Some(sec) } => {
+                self.advance_secure(round, agg, sites, started_ms, sec, now_ms);
+            }
+            Stage::Training { round, agg, mut sites, started_ms, secure: None } => {
                 // Arrival order is a race; the record lists sites by name.
                 sites.sort();
                 if agg.updates() < quorum {
@@ -407,18 +500,7 @@ impl JobRun {
                     ));
                 }
                 let model = agg.apply(&self.model);
-                self.model = Arc::new(model);
-                let record = RoundRecord {
-                    round,
-                    sites,
-                    train_loss: agg.mean_train_loss(),
-                    eval: EvalCounts::zero(),
-                    started_ms,
-                    finished_ms: now_ms,
-                };
-                self.stage = Stage::Evaluating { round, counts: EvalCounts::zero(), record };
-                let task = |s: &Self| TaskKind::Eval { round, model: s.model_vector(), standardization: s.std() };
-                self.send_to_participants(task, now_ms);
+                self.start_eval(round, model, sites, agg.mean_train_loss(), started_ms, now_ms);
             }
             Stage::Evaluating { round, counts, mut record } => {
                 record.eval = counts;
@@ -435,6 +517,121 @@ impl JobRun {
         }
     }
 
+    /// The new global model is known: record the round's training and have it evaluated.
+    fn start_eval(&mut self, round: u32, model: Vec<f32>, sites: Vec<SiteId>, train_loss: f64, started_ms: u64, now_ms: u64) {
+        self.model = Arc::new(model);
+        let record = RoundRecord { round, sites, train_loss, eval: EvalCounts::zero(), started_ms, finished_ms: now_ms };
+        self.stage = Stage::Evaluating { round, counts: EvalCounts::zero(), record };
+        let task = |s: &Self| TaskKind::Eval { round, model: s.model_vector(), standardization: s.std() };
+        self.send_to_participants(task, now_ms);
+    }
+
+    /// Ends one secure aggregation exchange and starts the next, or decodes the sum.
+    fn advance_secure(&mut self, round: u32, agg: FedAvg, sites: Vec<SiteId>, started_ms: u64, mut sec: Box<SecureRound>, now_ms: u64) {
+        let deadline = now_ms.saturating_add(self.spec.deadlines.stage_secs.saturating_mul(1000));
+        let abort = |e: fedcare_secagg::SecAggError| format!("round {round}: secure aggregation aborted, nothing was revealed: {e}");
+        let mut sends: Vec<(SiteId, TaskKind)> = Vec::new();
+        match sec.step {
+            SecStep::Keys => match sec.server.keys_done() {
+                Ok(list) => {
+                    let keys: Arc<Vec<Vec<u8>>> = Arc::new(list.iter().map(AdvertiseKeys::to_bytes).collect());
+                    for k in &list {
+                        if let Some(site) = sec.site_of(k.index) {
+                            sends.push((site, TaskKind::ShareKeys { round, keys: keys.clone() }));
+                        }
+                    }
+                    sec.step = SecStep::Shares;
+                }
+                Err(e) => return self.fail(abort(e)),
+            },
+            SecStep::Shares => match sec.server.shares_done() {
+                Ok(map) => {
+                    for (to, shares) in map {
+                        if let Some(site) = sec.site_of(to) {
+                            sends.push((site, TaskKind::Mask { round, shares: shares.iter().map(EncryptedShare::to_bytes).collect() }));
+                        }
+                    }
+                    sec.step = SecStep::Masked;
+                }
+                Err(e) => return self.fail(abort(e)),
+            },
+            SecStep::Masked => match sec.server.masked_done() {
+                Ok(map) => {
+                    for (to, request) in map {
+                        if let Some(site) = sec.site_of(to) {
+                            sends.push((site, TaskKind::Unmask { round, request: request.to_bytes() }));
+                        }
+                    }
+                    sec.step = SecStep::Unmask;
+                }
+                Err(e) => return self.fail(abort(e)),
+            },
+            SecStep::Unmask => {
+                let survivors = sec.server.survivors();
+                let sum = match sec.server.finish() {
+                    Ok(sum) => sum,
+                    Err(e) => return self.fail(abort(e)),
+                };
+                let quorum = self.spec.round_quorum() as usize;
+                if survivors.len() < quorum {
+                    return self.fail(format!("round {round}: only {} sites' updates are in the sum, the job needs {quorum}", survivors.len()));
+                }
+                let quantizer = match secure::quantizer(&self.spec, sec.setup.setup.n()) {
+                    Ok(q) => q,
+                    Err(e) => return self.fail(abort(e)),
+                };
+                let decoded = quantizer.decode_sum(&sum, survivors.len());
+                let examples: u64 = survivors.iter().filter_map(|i| sec.weights.get(i)).sum();
+                let weight = examples as f64 / sec.setup.total_examples as f64;
+                let len = self.model.len();
+                if decoded.len() != secure::masked_dim(len) || !(weight > 0.0) {
+                    return self.fail(format!("round {round}: the unmasked sum has the wrong shape"));
+                }
+                let model: Vec<f32> =
+                    self.model.iter().zip(&decoded[..len]).map(|(g, d)| (f64::from(*g) + f64::from(*d) / weight) as f32).collect();
+                let train_loss = f64::from(decoded[len]) / weight;
+                let mut names: Vec<SiteId> = survivors.iter().filter_map(|i| sec.site_of(*i)).collect();
+                names.sort();
+                drop(agg);
+                drop(sites);
+                return self.start_eval(round, model, names, train_loss, started_ms, now_ms);
+            }
+        }
+        self.stage = Stage::Training { round, agg, sites, started_ms, secure: Some(sec) };
+        for (site, kind) in sends {
+            self.send(&site, kind, deadline);
+        }
+        self.progress();
+    }
+
+    /// This round's secure aggregation setup over the current participants.
+    fn secure_round(&self, round: u32) -> Result<SecureRound, String> {
+        let mut entries = Vec::new();
+        for site in &self.participants {
+            match self.identities.get(site) {
+                Some(key) if !key.is_empty() => entries.push((site.to_string(), key.clone())),
+                _ => return Err(format!("site {site} has no identity key to sign its round keys")),
+            }
+        }
+        let round_id = secure::round_id(&self.job, round);
+        let params = secure::params(&self.spec, entries.len(), self.model.len(), &round_id).map_err(|e| e.to_string())?;
+        let setup = RoundSetup::new(round_id, entries, params).map_err(|e| e.to_string())?;
+        let server = fedcare_secagg::Server::new(&setup).map_err(|e| e.to_string())?;
+        let index = setup
+            .sites
+            .iter()
+            .filter_map(|e| SiteId::parse(&e.name).ok().map(|s| (s, e.index)))
+            .collect();
+        let total_examples = self.participants.iter().filter_map(|s| self.train_examples.get(s)).sum();
+        Ok(SecureRound {
+            server,
+            setup: Arc::new(SecAggRound { setup, total_examples }),
+            step: SecStep::Keys,
+            index,
+            weights: BTreeMap::new(),
+        })
+    }
+
     fn start_stats(&mut self, now_ms: u64) {
         let width = self.spec.n_features();
         self.stage = Stage::Stats { sums: FeatureSums::zero(width), reported: 0 };
@@ -449,8 +646,17 @@ impl JobRun {
                 self.participants.len()
             ));
         }
-        self.stage = Stage::Training { round, agg: FedAvg::new(self.model.len()), sites: Vec::new(), started_ms: now_ms };
-        let task = |s: &Self| TaskKind::Train { round, model: s.model_vector(), standardization: s.std() };
+        let secure = if self.spec.secure_aggregation.enabled {
+            match self.secure_round(round) {
+                Ok(s) => Some(Box::new(s)),
+                Err(e) => return self.fail(format!("round {round}: cannot set up secure aggregation: {e}")),
+            }
+        } else {
+            None
+        };
+        let secagg = secure.as_ref().map(|s| s.setup.clone());
+        self.stage = Stage::Training { round, agg: FedAvg::new(self.model.len()), sites: Vec::new(), started_ms: now_ms, secure };
+        let task = |s: &Self| TaskKind::Train { round, model: s.model_vector(), standardization: s.std(), secagg: secagg.clone() };
         self.send_to_participants(task, now_ms);
     }
 

@@ -22,10 +22,11 @@
 pub mod coordinator;
 pub mod fedavg;
 pub mod messages;
+pub mod secure;
 pub mod site;
 
 pub use coordinator::{Action, JobEvent, JobOutcome, JobRun, ReplyError, RoundRecord};
-pub use messages::{EvalCounts, ModelUpdate, ModelVector, Reply, ReplyKind, SiteId, Task, TaskId, TaskKind};
+pub use messages::{EvalCounts, ModelUpdate, ModelVector, Reply, ReplyKind, SecAggRound, SiteId, Task, TaskId, TaskKind};
 pub use site::{SiteError, SiteSession, Work};
 
 #[cfg(test)]

@@ -47,14 +47,30 @@ pub struct ModelVector {
     pub values: Arc<Vec<f32>>,
 }
 
+/// A round's secure aggregation setup, as the coordinator sends it with the training task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SecAggRound {
+    pub setup: fedcare_secagg::RoundSetup,
+    /// Training examples over the job's participants: a site weights its update by
+    /// `num_examples / total_examples` before masking, so the unmasked sum is the weighted sum.
+    pub total_examples: u64,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum TaskKind {
     /// Join this job? The site answers with [`ReplyKind::Decision`].
     Offer { spec_toml: Arc<str> },
     /// Send aggregate feature sums of the training split.
     Stats,
-    /// Train locally from this global model for one round.
-    Train { round: u32, model: ModelVector, standardization: Arc<Standardization> },
+    /// Train locally from this global model for one round. With `secagg`, the site answers
+    /// with its round keys and sends its update only masked, later.
+    Train { round: u32, model: ModelVector, standardization: Arc<Standardization>, secagg: Option<Arc<SecAggRound>> },
+    /// Secure aggregation: every site's signed keys; answer with encrypted shares.
+    ShareKeys { round: u32, keys: Arc<Vec<Vec<u8>>> },
+    /// Secure aggregation: the shares addressed to this site; answer with the masked update.
+    Mask { round: u32, shares: Vec<Vec<u8>> },
+    /// Secure aggregation: survivors and dropouts; answer with the shares that unmask the sum.
+    Unmask { round: u32, request: Vec<u8> },
     /// Evaluate this global model on the held-out split.
     Eval { round: u32, model: ModelVector, standardization: Arc<Standardization> },
     /// The job is over (for this site).
@@ -70,6 +86,9 @@ impl TaskKind {
             TaskKind::Train { .. } => "train",
             TaskKind::Eval { .. } => "eval",
             TaskKind::End { .. } => "end",
+            TaskKind::ShareKeys { .. } => "share-keys",
+            TaskKind::Mask { .. } => "mask",
+            TaskKind::Unmask { .. } => "unmask",
         }
     }
 }
@@ -172,6 +191,14 @@ pub enum ReplyKind {
     Evaluation(EvalReport),
     /// The site could not do the task (its data failed to load, training diverged ...).
     Failed { reason: String },
+    /// Secure aggregation: the site's signed round keys and its FedAvg weight.
+    Keys { round: u32, keys: Vec<u8>, num_examples: u64 },
+    /// Secure aggregation: Shamir shares of the site's secrets, each encrypted to a neighbour.
+    Shares { round: u32, shares: Vec<Vec<u8>> },
+    /// Secure aggregation: the quantised, weighted update plus masks.
+    Masked { round: u32, masked: Vec<u8> },
+    /// Secure aggregation: the revealed shares.
+    Unmasked { round: u32, response: Vec<u8> },
 }
 
 impl ReplyKind {
@@ -182,6 +209,10 @@ impl ReplyKind {
             ReplyKind::Update(_) => "update",
             ReplyKind::Evaluation(_) => "evaluation",
             ReplyKind::Failed { .. } => "failed",
+            ReplyKind::Keys { .. } => "keys",
+            ReplyKind::Shares { .. } => "shares",
+            ReplyKind::Masked { .. } => "masked",
+            ReplyKind::Unmasked { .. } => "unmasked",
         }
     }
 }

@@ -17,7 +17,8 @@ use std::sync::Arc;
 use fedcare_data::Standardization;
 use fedcare_job::{JobId, JobSpec};
 
-use crate::messages::{ModelVector, Reply, ReplyKind, SiteId, Task, TaskId, TaskKind};
+use crate::messages::{ModelVector, Reply, ReplyKind, SecAggRound, SiteId, Task, TaskId, TaskKind};
+use crate::secure;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SiteError {
@@ -45,6 +46,14 @@ pub enum SiteError {
     NoSuchTask { job: JobId, task: TaskId },
     #[error("a {got} reply does not answer a {expected} task")]
     WrongReply { expected: &'static str, got: &'static str },
+    #[error("job {job} requires secure aggregation; this site will not send a plain update")]
+    SecAggRequired { job: JobId },
+    #[error("job {job} does not use secure aggregation, but the task asks for it")]
+    SecAggUnexpected { job: JobId },
+    #[error("job {job}: refusing the secure aggregation setup: {reason}")]
+    BadSecAggSetup { job: JobId, reason: String },
+    #[error("job {job}: a {what} task for round {round} is out of order")]
+    SecAggOutOfOrder { job: JobId, what: &'static str, round: u32 },
 }
 
 /// What the runtime must do for a task that passed the checks.
@@ -53,7 +62,20 @@ pub enum Work {
     /// Decide whether to join: check the spec against the site's data mapping (and policy).
     Decide { job: JobId, task: TaskId, spec: Arc<JobSpec> },
     ComputeStats { job: JobId, task: TaskId, spec: Arc<JobSpec> },
-    Train { job: JobId, task: TaskId, spec: Arc<JobSpec>, round: u32, model: ModelVector, standardization: Arc<Standardization> },
+    /// Train locally; with `secagg` (the setup and this site's index in it), answer with round
+    /// keys and keep the update for the masked-input step.
+    Train {
+        job: JobId,
+        task: TaskId,
+        spec: Arc<JobSpec>,
+        round: u32,
+        model: ModelVector,
+        standardization: Arc<Standardization>,
+        secagg: Option<(Arc<SecAggRound>, u32)>,
+    },
+    ShareKeys { job: JobId, task: TaskId, round: u32, keys: Arc<Vec<Vec<u8>>> },
+    Mask { job: JobId, task: TaskId, round: u32, shares: Vec<Vec<u8>> },
+    Unmask { job: JobId, task: TaskId, round: u32, request: Vec<u8> },
     Evaluate { job: JobId, task: TaskId, spec: Arc<JobSpec>, round: u32, model: ModelVector, standardization: Arc<Standardization> },
     /// The job ended; the runtime may release the job's data.
     Ended { job: JobId, success: bool, reason: String },
@@ -67,10 +89,22 @@ enum Membership {
     Ended,
 }
 
+/// The next secure aggregation exchange a site expects in its current round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SecNext {
+    ShareKeys,
+    Mask,
+    Unmask,
+    Done,
+}
+
 #[derive(Debug)]
 struct SiteJob {
     spec: Arc<JobSpec>,
     layout_digest: String,
+    layout_len: usize,
+    /// Round and next step of secure aggregation.
+    secure: Option<(u32, SecNext)>,
     membership: Membership,
     stats_sent: bool,
     last_train_round: u32,
@@ -84,13 +118,48 @@ struct SiteJob {
 pub struct SiteSession {
     site: SiteId,
     jobs: BTreeMap<JobId, SiteJob>,
-    /// Computes a model layout digest from a spec (injected so this crate needs no model code).
-    layout_digest: fn(&JobSpec) -> String,
+    /// Computes a model's layout digest and length from a spec (injected so this crate needs no
+    /// model code).
+    layout: fn(&JobSpec) -> (String, usize),
+    /// This site's long-term public key; a secure aggregation setup must list it under this
+    /// site's name.
+    identity: Vec<u8>,
 }
 
 impl SiteSession {
-    pub fn new(site: SiteId, layout_digest: fn(&JobSpec) -> String) -> SiteSession {
-        SiteSession { site, jobs: BTreeMap::new(), layout_digest }
+    pub fn new(site: SiteId, layout: fn(&JobSpec) -> (String, usize), identity: Vec<u8>) -> SiteSession {
+        SiteSession { site, jobs: BTreeMap::new(), layout, identity }
+    }
+
+    /// Checks a round's secure aggregation setup against what the job implies; returns this
+    /// site's index in it.
+    fn check_setup(&self, job: &JobId, spec: &JobSpec, layout_len: usize, round: u32, sa: &SecAggRound) -> Result<u32, SiteError> {
+        let bad = |reason: String| SiteError::BadSecAggSetup { job: job.clone(), reason };
+        let setup = &sa.setup;
+        setup.validate().map_err(|e| bad(e.to_string()))?;
+        if setup.round_id != secure::round_id(job, round) {
+            return Err(bad("its round id is not this job's round".into()));
+        }
+        let n = setup.n();
+        if n < spec.round_quorum() as usize {
+            return Err(bad(format!("{n} sites is fewer than the job's minimum of {}", spec.round_quorum())));
+        }
+        let expected = secure::params(spec, n, layout_len, &setup.round_id).map_err(|e| bad(e.to_string()))?;
+        if setup.params != expected {
+            return Err(bad(format!("its parameters {:?} are not the job's {:?}", setup.params, expected)));
+        }
+        let me = setup
+            .sites
+            .iter()
+            .find(|e| e.identity_public_key == self.identity)
+            .ok_or_else(|| bad("this site's identity key is not in it".into()))?;
+        if me.name != self.site.as_str() {
+            return Err(bad(format!("this site's key is listed under the name {:?}", me.name)));
+        }
+        if sa.total_examples == 0 {
+            return Err(bad("it declares 0 training examples in the job".into()));
+        }
+        Ok(me.index)
     }
 
     pub fn site(&self) -> &SiteId {
@@ -110,10 +179,12 @@ impl SiteSession {
                 return Err(SiteError::IdMismatch { claimed: job, actual });
             }
             let spec = Arc::new(spec);
-            let layout_digest = (self.layout_digest)(&spec);
+            let (layout_digest, layout_len) = (self.layout)(&spec);
             self.jobs.insert(job.clone(), SiteJob {
                 spec: spec.clone(),
                 layout_digest,
+                layout_len,
+                secure: None,
                 membership: Membership::Deciding,
                 stats_sent: false,
                 last_train_round: 0,
@@ -130,6 +201,16 @@ impl SiteSession {
             }
             return Ok(Work::Ended { job, success, reason });
         }
+        // Check a secure aggregation setup before borrowing the job mutably.
+        let setup_index = match (&kind, self.jobs.get(&job)) {
+            (TaskKind::Train { round, secagg: Some(sa), .. }, Some(j)) if j.membership == Membership::Accepted => {
+                if !j.spec.secure_aggregation.enabled {
+                    return Err(SiteError::SecAggUnexpected { job });
+                }
+                Some(self.check_setup(&job, &j.spec, j.layout_len, *round, sa)?)
+            }
+            _ => None,
+        };
         let Some(j) = self.jobs.get_mut(&job).filter(|j| j.membership == Membership::Accepted) else {
             return Err(SiteError::NotAccepted { job, task: id });
         };
@@ -152,9 +233,12 @@ impl SiteSession {
                 j.pending = Some((id, "stats", 0));
                 Ok(Work::ComputeStats { job, task: id, spec })
             }
-            TaskKind::Train { round, model, standardization } => {
+            TaskKind::Train { round, model, standardization, secagg } => {
                 if !j.stats_sent {
                     return Err(SiteError::NoStats(job));
+                }
+                if secagg.is_none() && j.spec.secure_aggregation.enabled {
+                    return Err(SiteError::SecAggRequired { job });
                 }
                 if round <= j.last_train_round {
                     return Err(SiteError::StaleRound { job, round, last: j.last_train_round });
@@ -163,8 +247,28 @@ impl SiteSession {
                     return Err(SiteError::RoundOutOfRange { job, round, rounds: spec.rounds });
                 }
                 check_model(j, &job, &model, &standardization)?;
-                j.pending = Some((id, "update", round));
-                Ok(Work::Train { job, task: id, spec, round, model, standardization })
+                let secagg = match (secagg, setup_index) {
+                    (Some(sa), Some(index)) => Some((sa, index)),
+                    _ => None,
+                };
+                let reply = if secagg.is_some() { "keys" } else { "update" };
+                j.pending = Some((id, reply, round));
+                Ok(Work::Train { job, task: id, spec, round, model, standardization, secagg })
+            }
+            TaskKind::ShareKeys { round, keys } => {
+                Self::secure_step(j, &job, round, SecNext::ShareKeys, "share-keys")?;
+                j.pending = Some((id, "shares", round));
+                Ok(Work::ShareKeys { job, task: id, round, keys })
+            }
+            TaskKind::Mask { round, shares } => {
+                Self::secure_step(j, &job, round, SecNext::Mask, "mask")?;
+                j.pending = Some((id, "masked", round));
+                Ok(Work::Mask { job, task: id, round, shares })
+            }
+            TaskKind::Unmask { round, request } => {
+                Self::secure_step(j, &job, round, SecNext::Unmask, "unmask")?;
+                j.pending = Some((id, "unmasked", round));
+                Ok(Work::Unmask { job, task: id, round, request })
             }
             TaskKind::Eval { round, model, standardization } => {
                 if !j.stats_sent {
@@ -180,7 +284,15 @@ impl SiteSession {
                 j.pending = Some((id, "evaluation", round));
                 Ok(Work::Evaluate { job, task: id, spec, round, model, standardization })
             }
-            TaskKind::Offer { .. } | TaskKind::End { .. } => unreachable!("handled above"),
+            TaskKind::Offer { .. } | TaskKind::End { .. } => unreachable!("offers and ends are handled above"),
+        }
+    }
+
+    /// A secure aggregation task must be the next step of the round the site is in.
+    fn secure_step(j: &SiteJob, job: &JobId, round: u32, next: SecNext, what: &'static str) -> Result<(), SiteError> {
+        match j.secure {
+            Some((r, n)) if r == round && n == next => Ok(()),
+            _ => Err(SiteError::SecAggOutOfOrder { job: job.clone(), what, round }),
         }
     }
 
@@ -202,14 +314,24 @@ impl SiteSession {
             }
             ReplyKind::Stats(_) => j.stats_sent = true,
             ReplyKind::Update(_) => j.last_train_round = round,
+            ReplyKind::Keys { .. } => {
+                j.last_train_round = round;
+                j.secure = Some((round, SecNext::ShareKeys));
+            }
+            ReplyKind::Shares { .. } => j.secure = Some((round, SecNext::Mask)),
+            ReplyKind::Masked { .. } => j.secure = Some((round, SecNext::Unmask)),
+            ReplyKind::Unmasked { .. } => j.secure = Some((round, SecNext::Done)),
             ReplyKind::Evaluation(_) => j.last_eval_round = round,
             ReplyKind::Failed { .. } => {
                 if expected == "decision" {
                     j.membership = Membership::Declined;
                 }
                 // A failed round still counts as handled, so a replay of it is refused.
+                if matches!(expected, "keys" | "shares" | "masked" | "unmasked") {
+                    j.secure = Some((round, SecNext::Done));
+                }
                 match expected {
-                    "update" => j.last_train_round = round,
+                    "update" | "keys" => j.last_train_round = round,
                     "evaluation" => j.last_eval_round = round,
                     _ => {}
                 }

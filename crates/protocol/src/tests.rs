@@ -13,18 +13,38 @@ use crate::site::{SiteError, SiteSession, Work};
 
 const EXAMPLE: &str = include_str!("../../../examples/heart-disease/job.toml");
 
-fn digest(_: &JobSpec) -> String {
-    "layout-1".to_owned()
+fn digest(spec: &JobSpec) -> (String, usize) {
+    ("layout-1".to_owned(), spec.n_features() + 1)
 }
 
+/// The example job with secure aggregation off: these tests are about the round logic itself.
 fn spec_with(rounds: u32, min_sites: u32, quorum: u32) -> (Arc<JobSpec>, Arc<str>) {
+    spec_secure(rounds, min_sites, quorum, false)
+}
+
+fn spec_secure(rounds: u32, min_sites: u32, quorum: u32, secure: bool) -> (Arc<JobSpec>, Arc<str>) {
+    let on = format!("enabled = {secure}");
     let text = EXAMPLE
+        .replacen("enabled = true", &on, 1)
         .replacen("rounds = 10", &format!("rounds = {rounds}"), 1)
         .replacen("min_sites = 4", &format!("min_sites = {min_sites}"), 1)
         .replacen("min_sites_per_round = 3", &format!("min_sites_per_round = {quorum}"), 1);
     let spec = JobSpec::from_toml(&text, "test").unwrap();
     assert_eq!((spec.rounds, spec.min_sites, spec.round_quorum()), (rounds, min_sites, quorum));
     (Arc::new(spec), text.into())
+}
+
+/// A deterministic long-term key per site name, for tests.
+fn identity_key(name: &str) -> fedcare_secagg::IdentityKey {
+    let mut seed = [0u8; 32];
+    for (i, b) in name.bytes().enumerate() {
+        seed[i % 32] ^= b;
+    }
+    fedcare_secagg::IdentityKey::from_seed(&seed).unwrap()
+}
+
+fn identity(name: &str) -> Vec<u8> {
+    identity_key(name).public_key()
 }
 
 fn site(name: &str) -> SiteId {
@@ -41,20 +61,38 @@ struct Harness {
     outcome: Option<Result<JobOutcome, String>>,
     inbox: Vec<(SiteId, Task)>,
     now: u64,
+    /// Each site's secure aggregation client and quantised input for the current round.
+    clients: BTreeMap<SiteId, (fedcare_secagg::Client, Vec<u64>)>,
+    rng: rand_chacha::ChaCha20Rng,
 }
 
 impl Harness {
     fn new(rounds: u32, min_sites: u32, quorum: u32, behaviour: &[(&str, u64, f32)]) -> Harness {
-        let (spec, text) = spec_with(rounds, min_sites, quorum);
+        Harness::with_secure(rounds, min_sites, quorum, false, behaviour)
+    }
+
+    fn with_secure(rounds: u32, min_sites: u32, quorum: u32, secure: bool, behaviour: &[(&str, u64, f32)]) -> Harness {
+        let (spec, text) = spec_secure(rounds, min_sites, quorum, secure);
         let width = spec.n_features();
         let run = JobRun::new(spec, text, "layout-1".into(), vec![0.0; width + 1]);
         let mut sites = BTreeMap::new();
         let mut b = BTreeMap::new();
         for (name, n, d) in behaviour {
-            sites.insert(site(name), SiteSession::new(site(name), digest));
+            sites.insert(site(name), SiteSession::new(site(name), digest, identity(name)));
             b.insert(site(name), (*n, *d));
         }
-        Harness { run, sites, behaviour: b, events: vec![], outcome: None, inbox: vec![], now: 0 }
+        use rand_chacha::rand_core::SeedableRng;
+        Harness {
+            run,
+            sites,
+            behaviour: b,
+            events: vec![],
+            outcome: None,
+            inbox: vec![],
+            now: 0,
+            clients: BTreeMap::new(),
+            rng: rand_chacha::ChaCha20Rng::seed_from_u64(7),
+        }
     }
 
     fn drain(&mut self) {
@@ -71,7 +109,8 @@ impl Harness {
     fn offer_all(&mut self) {
         let names: Vec<SiteId> = self.sites.keys().cloned().collect();
         for s in names {
-            self.run.site_available(&s, self.now);
+            let key = identity(s.as_str());
+            self.run.site_available(&s, &key, self.now);
         }
         self.drain();
     }
@@ -87,9 +126,39 @@ impl Harness {
                 let sums = FeatureSums { count: vec![n; width], sum: vec![n as f64; width], sum_sq: vec![2.0 * n as f64; width] };
                 (job, task, ReplyKind::Stats(sums))
             }
-            Work::Train { job, task, round, model, .. } => {
+            Work::Train { job, task, round, model, secagg: None, .. } => {
                 let delta = vec![d; model.values.len()];
                 (job, task, ReplyKind::Update(ModelUpdate { round, num_examples: n, delta, train_loss: 0.5 }))
+            }
+            Work::Train { job, task, round, model, spec, secagg: Some((sa, index)), .. } => {
+                // What the agent does: weight by the site's share of examples, append the
+                // loss, quantise, and start the round's secure aggregation client.
+                use fedcare_secagg::Encoder;
+                let w = n as f64 / sa.total_examples as f64;
+                let mut v: Vec<f32> = vec![(f64::from(d) * w) as f32; model.values.len()];
+                v.push((0.5 * w) as f32);
+                let input = crate::secure::quantizer(&spec, sa.setup.n()).unwrap().encode(&v);
+                let (client, keys) = fedcare_secagg::Client::new(&sa.setup, index, &identity_key(to.as_str()), &mut self.rng).unwrap();
+                self.clients.insert(to.clone(), (client, input));
+                (job, task, ReplyKind::Keys { round, keys: keys.to_bytes(), num_examples: n })
+            }
+            Work::ShareKeys { job, task, round, keys } => {
+                let list: Vec<_> = keys.iter().map(|b| fedcare_secagg::AdvertiseKeys::from_bytes(b).unwrap()).collect();
+                let (client, _) = self.clients.get_mut(to).unwrap();
+                let shares = client.share_keys(&list).unwrap().iter().map(|s| s.to_bytes()).collect();
+                (job, task, ReplyKind::Shares { round, shares })
+            }
+            Work::Mask { job, task, round, shares } => {
+                let shares: Vec<_> = shares.iter().map(|b| fedcare_secagg::EncryptedShare::from_bytes(b).unwrap()).collect();
+                let (client, input) = self.clients.get_mut(to).unwrap();
+                let masked = client.masked_input(&shares, input).unwrap().to_bytes();
+                (job, task, ReplyKind::Masked { round, masked })
+            }
+            Work::Unmask { job, task, round, request } => {
+                let request = fedcare_secagg::UnmaskRequest::from_bytes(&request).unwrap();
+                let (client, _) = self.clients.get_mut(to).unwrap();
+                let response = client.unmask(&request).unwrap().to_bytes();
+                (job, task, ReplyKind::Unmasked { round, response })
             }
             Work::Evaluate { job, task, round, .. } => {
                 let mut counts = EvalCounts::zero();
@@ -291,14 +360,14 @@ fn a_site_lost_during_training_leaves_the_round() {
 #[test]
 fn recruiting_waits_for_enough_sites() {
     let mut h = Harness::new(1, 3, 3, &[("a", 10, 1.0), ("b", 10, 1.0), ("c", 10, 1.0)]);
-    h.run.site_available(&site("a"), 0);
-    h.run.site_available(&site("a"), 0); // offered once only
+    h.run.site_available(&site("a"), &identity("a"), 0);
+    h.run.site_available(&site("a"), &identity("a"), 0); // offered once only
     h.drain();
     assert_eq!(h.inbox.len(), 1);
     h.run_until_quiet(|_, _, _| Delivery::Honest);
     assert_eq!(h.run.stage_name(), "recruiting");
-    h.run.site_available(&site("b"), 0);
-    h.run.site_available(&site("c"), 0);
+    h.run.site_available(&site("b"), &identity("b"), 0);
+    h.run.site_available(&site("c"), &identity("c"), 0);
     h.run_until_quiet(|_, _, _| Delivery::Honest);
     assert!(h.outcome.take().unwrap().is_ok());
 }
@@ -320,7 +389,7 @@ fn a_declining_site_does_not_take_part() {
 
 fn offered_session() -> (SiteSession, Arc<JobSpec>, Task) {
     let (spec, text) = spec_with(2, 1, 1);
-    let mut s = SiteSession::new(site("a"), digest);
+    let mut s = SiteSession::new(site("a"), digest, identity("a"));
     let offer = Task { job: spec.id(), id: crate::messages::TaskId(1), kind: TaskKind::Offer { spec_toml: text } };
     (s.on_task(offer.clone()).map(|_| ()).and(Ok(s)).unwrap(), spec, offer)
 }
@@ -342,7 +411,7 @@ fn site_refuses_mismatched_offer_and_duplicate_offer() {
     let lie = Task { job: other, id: crate::messages::TaskId(2), kind: TaskKind::Offer { spec_toml: text } };
     assert!(matches!(s.on_task(lie), Err(SiteError::IdMismatch { .. })));
     let garbage = Task { job: spec.id(), id: crate::messages::TaskId(3), kind: TaskKind::Offer { spec_toml: "rounds = [".into() } };
-    let mut fresh = SiteSession::new(site("b"), digest);
+    let mut fresh = SiteSession::new(site("b"), digest, identity("b"));
     assert!(matches!(fresh.on_task(garbage), Err(SiteError::BadSpec(_))));
 }
 
@@ -355,7 +424,7 @@ fn site_refuses_work_before_acceptance_replays_and_wrong_layouts() {
     assert!(matches!(s.on_task(t(2, TaskKind::Stats)), Err(SiteError::NotAccepted { .. })));
     s.reply(&job, crate::messages::TaskId(1), ReplyKind::Decision { accept: true, reason: String::new() }).unwrap();
     // Training before statistics.
-    let train = |id, round| t(id, TaskKind::Train { round, model: model(16), standardization: std15() });
+    let train = |id, round| t(id, TaskKind::Train { round, model: model(16), standardization: std15(), secagg: None });
     assert!(matches!(s.on_task(train(3, 1)), Err(SiteError::NoStats(_))));
     assert!(matches!(s.on_task(t(4, TaskKind::Stats)), Ok(Work::ComputeStats { .. })));
     // Replying to a task that is not open, or with the wrong kind.
@@ -369,10 +438,10 @@ fn site_refuses_work_before_acceptance_replays_and_wrong_layouts() {
     // Wrong layout, wrong standardisation width, round beyond the job.
     let mut bad = model(16);
     bad.layout_digest = "other".into();
-    assert!(matches!(s.on_task(t(6, TaskKind::Train { round: 1, model: bad, standardization: std15() })), Err(SiteError::WrongLayout { .. })));
+    assert!(matches!(s.on_task(t(6, TaskKind::Train { round: 1, model: bad, standardization: std15(), secagg: None })), Err(SiteError::WrongLayout { .. })));
     let narrow = Arc::new(fedcare_data::Standardization { mean: vec![0.0; 3], std: vec![1.0; 3] });
     assert!(matches!(
-        s.on_task(t(7, TaskKind::Train { round: 1, model: model(16), standardization: narrow })),
+        s.on_task(t(7, TaskKind::Train { round: 1, model: model(16), standardization: narrow, secagg: None })),
         Err(SiteError::WrongStandardization { .. })
     ));
     assert!(matches!(s.on_task(train(8, 3)), Err(SiteError::RoundOutOfRange { .. })));
@@ -385,4 +454,104 @@ fn site_refuses_work_before_acceptance_replays_and_wrong_layouts() {
     // After the end, nothing more is accepted.
     assert!(matches!(s.on_task(t(12, TaskKind::End { success: true, reason: String::new() })), Ok(Work::Ended { .. })));
     assert!(matches!(s.on_task(train(13, 2)), Err(SiteError::NotAccepted { .. })));
+}
+
+// --- secure aggregation through the round machines ---
+
+#[test]
+fn secure_rounds_give_the_plain_weighted_average() {
+    let sites = [("a", 100, 1.0), ("b", 300, -1.0), ("c", 50, 2.0), ("d", 50, 0.0)];
+    let mut h = Harness::with_secure(3, 4, 3, true, &sites);
+    h.offer_all();
+    h.run_until_quiet(|_, _, _| Delivery::Honest);
+    let outcome = h.outcome.take().expect("job ended").expect("job succeeded");
+    // As in the plain test: -0.2 per round, now through masks and quantisation.
+    for v in &outcome.model {
+        assert!((v - (-0.6)).abs() < 1e-5, "{v}");
+    }
+    for r in &outcome.rounds {
+        assert_eq!(r.sites.len(), 4);
+        // The loss came through the masked sum too: every site reported 0.5.
+        assert!((r.train_loss - 0.5).abs() < 1e-5, "{}", r.train_loss);
+    }
+}
+
+#[test]
+fn a_site_dropping_after_sharing_its_keys_is_unmasked_out_exactly() {
+    // c shares its secrets, then never sends its masked update: its pairwise masks are
+    // removed with the key shares of the others and the sum is a's, b's and d's.
+    let sites = [("a", 10, 1.0), ("b", 10, 3.0), ("c", 10, 100.0), ("d", 10, 2.0)];
+    let mut h = Harness::with_secure(1, 4, 3, true, &sites);
+    h.offer_all();
+    h.run_until_quiet(|_, to, task| match (&task.kind, to.as_str()) {
+        (TaskKind::Mask { .. }, "c") => Delivery::Drop,
+        _ => Delivery::Honest,
+    });
+    assert!(h.outcome.is_none());
+    let deadline = h.run.next_deadline().unwrap();
+    h.now = deadline;
+    h.run.tick(deadline);
+    h.run_until_quiet(|_, _, _| Delivery::Honest);
+    let outcome = h.outcome.take().unwrap().unwrap();
+    // (1 + 3 + 2) / 3 = 2.
+    assert!(outcome.model.iter().all(|v| (v - 2.0).abs() < 1e-4), "{:?}", outcome.model);
+    assert_eq!(outcome.rounds[0].sites, vec![site("a"), site("b"), site("d")]);
+}
+
+#[test]
+fn too_many_dropouts_abort_the_round_without_a_result() {
+    // Two of four sites vanish after the key exchange; the job tolerates one.
+    let sites = [("a", 10, 1.0), ("b", 10, 1.0), ("c", 10, 1.0), ("d", 10, 1.0)];
+    let mut h = Harness::with_secure(1, 4, 2, true, &sites);
+    h.offer_all();
+    h.run_until_quiet(|_, to, task| match (&task.kind, to.as_str()) {
+        (TaskKind::ShareKeys { .. }, "c" | "d") => Delivery::Drop,
+        _ => Delivery::Honest,
+    });
+    let deadline = h.run.next_deadline().unwrap();
+    h.run.tick(deadline);
+    h.run_until_quiet(|_, _, _| Delivery::Honest);
+    let reason = h.outcome.take().unwrap().unwrap_err();
+    assert!(reason.contains("secure aggregation aborted"), "{reason}");
+}
+
+#[test]
+fn plain_updates_are_refused_when_the_job_is_secure_and_sites_refuse_weak_setups() {
+    let (spec, text) = spec_secure(1, 2, 2, true);
+    let job = spec.id();
+    let mut s = SiteSession::new(site("a"), digest, identity("a"));
+    let t = |id: u64, kind: TaskKind| Task { job: job.clone(), id: crate::messages::TaskId(id), kind };
+    s.on_task(t(1, TaskKind::Offer { spec_toml: text })).unwrap();
+    s.reply(&job, crate::messages::TaskId(1), ReplyKind::Decision { accept: true, reason: String::new() }).unwrap();
+    s.on_task(t(2, TaskKind::Stats)).unwrap();
+    s.reply(&job, crate::messages::TaskId(2), ReplyKind::Stats(FeatureSums::zero(15))).unwrap();
+    // No setup: the site will not send a plain update for a secure job.
+    let plain = t(3, TaskKind::Train { round: 1, model: model(16), standardization: std15(), secagg: None });
+    assert!(matches!(s.on_task(plain), Err(SiteError::SecAggRequired { .. })));
+
+    let round_id = crate::secure::round_id(&job, 1);
+    let honest = crate::secure::params(&spec, 2, 16, &round_id).unwrap();
+    let setup = |params: fedcare_secagg::Params, rid: [u8; 32]| {
+        let entries = vec![("a".to_owned(), identity("a")), ("b".to_owned(), identity("b"))];
+        Some(Arc::new(crate::messages::SecAggRound { setup: fedcare_secagg::RoundSetup::new(rid, entries, params).unwrap(), total_examples: 20 }))
+    };
+    let train = |id, secagg| t(id, TaskKind::Train { round: 1, model: model(16), standardization: std15(), secagg });
+    // Parameters other than the job's (a smaller ring), another round's id: refused. (A lowered
+    // threshold is refused by the setup's own validation: 2t must exceed the degree.)
+    let mut weak = honest.clone();
+    weak.bits = 16;
+    assert!(matches!(s.on_task(train(4, setup(weak, round_id))), Err(SiteError::BadSecAggSetup { .. })));
+    let other_round = crate::secure::round_id(&job, 2);
+    assert!(matches!(s.on_task(train(5, setup(honest.clone(), other_round))), Err(SiteError::BadSecAggSetup { .. })));
+    // A setup that does not list this site's key under its name.
+    let stranger = Some(Arc::new(crate::messages::SecAggRound {
+        setup: fedcare_secagg::RoundSetup::new(round_id, vec![("a".to_owned(), identity("x")), ("b".to_owned(), identity("b"))], honest.clone()).unwrap(),
+        total_examples: 20,
+    }));
+    assert!(matches!(s.on_task(train(6, stranger)), Err(SiteError::BadSecAggSetup { .. })));
+    // Secure steps out of order.
+    let keys = t(7, TaskKind::ShareKeys { round: 1, keys: Arc::new(vec![]) });
+    assert!(matches!(s.on_task(keys), Err(SiteError::SecAggOutOfOrder { .. })));
+    // The honest setup is accepted.
+    assert!(matches!(s.on_task(train(8, setup(honest, round_id))), Ok(Work::Train { secagg: Some((_, 0 | 1)), .. })));
 }

@@ -37,6 +37,8 @@ struct SiteConn {
     conn: u64,
     tx: TaskTx,
     agent_version: String,
+    /// The site's long-term public key (signs its secure aggregation keys).
+    identity: Vec<u8>,
 }
 
 struct JobEntry {
@@ -141,10 +143,10 @@ impl Coordinator {
             published: watch::channel((0, false)).0,
         });
         let now = self.now_ms();
-        let sites: Vec<SiteId> = st.sites.keys().cloned().collect();
+        let sites: Vec<(SiteId, Vec<u8>)> = st.sites.iter().map(|(s, c)| (s.clone(), c.identity.clone())).collect();
         if let Some(job) = st.jobs.get_mut(&id) {
-            for s in &sites {
-                job.run.site_available(s, now);
+            for (s, key) in &sites {
+                job.run.site_available(s, key, now);
             }
         }
         self.drive(&mut st, &id);
@@ -152,13 +154,13 @@ impl Coordinator {
     }
 
     /// Registers a site's work stream, replacing an older one of the same site.
-    fn connect(&self, site: SiteId, agent_version: String) -> SiteStream {
+    fn connect(&self, site: SiteId, agent_version: String, identity: Vec<u8>) -> SiteStream {
         let (tx, rx) = mpsc::unbounded_channel();
         let now = self.now_ms();
         let mut st = self.lock();
         let conn = st.next_conn;
         st.next_conn += 1;
-        if st.sites.insert(site.clone(), SiteConn { conn, tx, agent_version }).is_some() {
+        if st.sites.insert(site.clone(), SiteConn { conn, tx, agent_version, identity: identity.clone() }).is_some() {
             // The old stream is gone; anything it owed is lost with it.
             warn!(site = %site, "site reconnected; its previous stream is closed");
             self.site_gone(&mut st, &site, now);
@@ -167,7 +169,7 @@ impl Coordinator {
         let ids: Vec<JobId> = st.jobs.keys().cloned().collect();
         for id in ids {
             if let Some(job) = st.jobs.get_mut(&id) {
-                job.run.site_available(&site, now);
+                job.run.site_available(&site, &identity, now);
             }
             self.drive(&mut st, &id);
         }
@@ -428,7 +430,13 @@ impl pb::site_service_server::SiteService for SiteApi {
                 r.protocol_version
             )));
         }
-        Ok(Response::new(self.0.connect(site, r.agent_version)))
+        if r.identity_public_key.len() != 32 {
+            return Err(Status::invalid_argument(format!(
+                "identity_public_key must be a 32-byte Ed25519 public key, got {} bytes",
+                r.identity_public_key.len()
+            )));
+        }
+        Ok(Response::new(self.0.connect(site, r.agent_version, r.identity_public_key)))
     }
 
     async fn submit(&self, request: Request<pb::SiteReply>) -> Result<Response<pb::SubmitAck>, Status> {

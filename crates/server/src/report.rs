@@ -118,9 +118,7 @@ impl Report {
             layout_digest: layout_digest.to_owned(),
             parameters: outcome.model.len(),
             spec: spec.clone(),
-            protection: "none: updates travel unmasked and un-noised over the connection; the coordinator sees \
-                         each site's update (secure aggregation and differential privacy are not yet enabled)"
-                .to_owned(),
+            protection: protection(spec),
             rounds,
             sites: sites.into_values().collect(),
             federated: Metrics::from_counts(&total, total.auc()),
@@ -175,6 +173,23 @@ impl Report {
             );
         }
         out
+    }
+}
+
+/// How a job's updates were protected, in words for the report.
+fn protection(spec: &JobSpec) -> String {
+    let sa = &spec.secure_aggregation;
+    if sa.enabled {
+        format!(
+            "secure aggregation (SecAgg+): the coordinator saw only the sum of each round's surviving sites' \
+             updates, quantised in Z_2^{} with clip {} (tolerating a {} fraction of dropouts); no differential \
+             privacy yet: the sum itself is not noised",
+            sa.bits, sa.clip, sa.dropout_fraction
+        )
+    } else {
+        "none: secure aggregation was disabled for this job, so the coordinator saw each site's update; \
+         no differential privacy"
+            .to_owned()
     }
 }
 

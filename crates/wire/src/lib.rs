@@ -12,7 +12,14 @@ use std::sync::Arc;
 use fedcare_data::{FeatureSums, Standardization};
 use fedcare_job::JobId;
 use fedcare_proto::v1 as pb;
-use fedcare_protocol::messages::{EvalCounts, EvalReport, ModelUpdate, ModelVector, Reply, ReplyKind, SiteId, Task, TaskId, TaskKind};
+use fedcare_protocol::messages::{
+    EvalCounts, EvalReport, ModelUpdate, ModelVector, Reply, ReplyKind, SecAggRound, SiteId, Task, TaskId, TaskKind,
+};
+use fedcare_secagg::{Graph, Params, RoundSetup, SiteEntry};
+
+/// Most items in one repeated bytes field of a secure aggregation message (keys or shares: one
+/// per site of a round).
+pub const MAX_SECAGG_ITEMS: usize = 10_000;
 
 /// Largest model accepted in one message, in values: 4 MB of f32, within gRPC's default 4 MiB
 /// message limit. Larger models need chunked transfer (a later issue).
@@ -47,9 +54,15 @@ pub fn task_to_wire(task: &Task) -> pb::Task {
     let kind = match &task.kind {
         TaskKind::Offer { spec_toml } => Kind::Offer(pb::JobOffer { spec_toml: spec_toml.to_string() }),
         TaskKind::Stats => Kind::Stats(pb::StatsTask {}),
-        TaskKind::Train { round, model: m, standardization: s } => {
-            Kind::Train(pb::TrainTask { round: *round, model: Some(model(m)), standardization: Some(std(s)) })
-        }
+        TaskKind::Train { round, model: m, standardization: s, secagg } => Kind::Train(pb::TrainTask {
+            round: *round,
+            model: Some(model(m)),
+            standardization: Some(std(s)),
+            secagg: secagg.as_ref().map(|sa| setup_to_wire(sa)),
+        }),
+        TaskKind::ShareKeys { round, keys } => Kind::ShareKeys(pb::SecAggShareKeysTask { round: *round, keys: keys.as_ref().clone() }),
+        TaskKind::Mask { round, shares } => Kind::Mask(pb::SecAggMaskTask { round: *round, shares: shares.clone() }),
+        TaskKind::Unmask { round, request } => Kind::Unmask(pb::SecAggUnmaskTask { round: *round, request: request.clone() }),
         TaskKind::Eval { round, model: m, standardization: s } => {
             Kind::Eval(pb::EvalTask { round: *round, model: Some(model(m)), standardization: Some(std(s)) })
         }
@@ -90,7 +103,11 @@ pub fn task_from_wire(t: pb::Task) -> Result<Task, WireError> {
             round: tr.round,
             model: model_from_wire(tr.model)?,
             standardization: std_from_wire(tr.standardization)?,
+            secagg: tr.secagg.map(setup_from_wire).transpose()?.map(Arc::new),
         },
+        Kind::ShareKeys(k) => TaskKind::ShareKeys { round: k.round, keys: Arc::new(items(k.keys, "share_keys.keys")?) },
+        Kind::Mask(m) => TaskKind::Mask { round: m.round, shares: items(m.shares, "mask.shares")? },
+        Kind::Unmask(u) => TaskKind::Unmask { round: u.round, request: u.request },
         Kind::Eval(ev) => TaskKind::Eval {
             round: ev.round,
             model: model_from_wire(ev.model)?,
@@ -99,6 +116,63 @@ pub fn task_from_wire(t: pb::Task) -> Result<Task, WireError> {
         Kind::End(e) => TaskKind::End { success: e.success, reason: e.reason },
     };
     Ok(Task { job, id: TaskId(t.task_id), kind })
+}
+
+fn items(v: Vec<Vec<u8>>, field: &'static str) -> Result<Vec<Vec<u8>>, WireError> {
+    if v.len() > MAX_SECAGG_ITEMS {
+        return Err(invalid(field, format!("{} items exceed the limit of {MAX_SECAGG_ITEMS}", v.len())));
+    }
+    Ok(v)
+}
+
+fn setup_to_wire(sa: &SecAggRound) -> pb::SecAggSetup {
+    let (graph_k, graph_seed) = match &sa.setup.params.graph {
+        Graph::Complete => (0, Vec::new()),
+        Graph::Regular { k, seed } => (*k, seed.to_vec()),
+    };
+    pb::SecAggSetup {
+        round_id: sa.setup.round_id.to_vec(),
+        sites: sa
+            .setup
+            .sites
+            .iter()
+            .map(|e| pb::SecAggSite { index: e.index, site_id: e.name.clone(), identity_public_key: e.identity_public_key.clone() })
+            .collect(),
+        bits: sa.setup.params.bits,
+        dim: sa.setup.params.dim as u64,
+        threshold: sa.setup.params.threshold as u32,
+        graph_k,
+        graph_seed,
+        total_examples: sa.total_examples,
+    }
+}
+
+/// Rebuilds a setup and checks it is internally consistent (the site then checks it against
+/// the job).
+fn setup_from_wire(s: pb::SecAggSetup) -> Result<SecAggRound, WireError> {
+    let bytes32 = |v: &[u8], field: &'static str| -> Result<[u8; 32], WireError> {
+        v.try_into().map_err(|_| invalid(field, format!("must be 32 bytes, got {}", v.len())))
+    };
+    if s.sites.len() > MAX_SECAGG_ITEMS {
+        return Err(invalid("secagg.sites", "too many sites"));
+    }
+    let graph = if s.graph_k == 0 {
+        Graph::Complete
+    } else {
+        Graph::Regular { k: s.graph_k, seed: bytes32(&s.graph_seed, "secagg.graph_seed")? }
+    };
+    let dim = usize::try_from(s.dim).ok().filter(|d| *d <= MAX_MODEL_VALUES + 1).ok_or_else(|| invalid("secagg.dim", "too large"))?;
+    let setup = RoundSetup {
+        round_id: bytes32(&s.round_id, "secagg.round_id")?,
+        sites: s
+            .sites
+            .into_iter()
+            .map(|e| SiteEntry { index: e.index, name: e.site_id, identity_public_key: e.identity_public_key })
+            .collect(),
+        params: Params { bits: s.bits, dim, threshold: s.threshold as usize, graph },
+    };
+    setup.validate().map_err(|e| invalid("secagg", e.to_string()))?;
+    Ok(SecAggRound { setup, total_examples: s.total_examples })
 }
 
 // ----- site -> coordinator -----
@@ -124,6 +198,12 @@ pub fn reply_to_wire(r: &Reply) -> pb::SiteReply {
             neg_hist: e.counts.neg_hist.clone(),
         }),
         ReplyKind::Failed { reason } => Kind::Failed(pb::TaskFailed { reason: reason.clone() }),
+        ReplyKind::Keys { round, keys, num_examples } => {
+            Kind::Keys(pb::SecAggKeys { round: *round, keys: keys.clone(), num_examples: *num_examples })
+        }
+        ReplyKind::Shares { round, shares } => Kind::Shares(pb::SecAggShares { round: *round, shares: shares.clone() }),
+        ReplyKind::Masked { round, masked } => Kind::Masked(pb::SecAggMasked { round: *round, masked: masked.clone() }),
+        ReplyKind::Unmasked { round, response } => Kind::Unmask(pb::SecAggUnmask { round: *round, response: response.clone() }),
     };
     pb::SiteReply { site_id: r.site.to_string(), job_id: r.job.to_string(), task_id: r.task.0, kind: Some(kind) }
 }
@@ -149,6 +229,10 @@ pub fn reply_from_wire(r: pb::SiteReply) -> Result<Reply, WireError> {
             auc: e.auc,
         }),
         Kind::Failed(f) => ReplyKind::Failed { reason: f.reason },
+        Kind::Keys(k) => ReplyKind::Keys { round: k.round, keys: k.keys, num_examples: k.num_examples },
+        Kind::Shares(s) => ReplyKind::Shares { round: s.round, shares: items(s.shares, "shares.shares")? },
+        Kind::Masked(m) => ReplyKind::Masked { round: m.round, masked: m.masked },
+        Kind::Unmask(u) => ReplyKind::Unmasked { round: u.round, response: u.response },
     };
     Ok(Reply { site, job, task: TaskId(r.task_id), kind })
 }
@@ -156,6 +240,37 @@ pub fn reply_from_wire(r: pb::SiteReply) -> Result<Reply, WireError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn setup() -> SecAggRound {
+        let key = |b: u8| fedcare_secagg::IdentityKey::from_seed(&[b; 32]).unwrap().public_key();
+        let params = Params { bits: 32, dim: 3, threshold: 2, graph: Graph::Complete };
+        let setup = RoundSetup::new([7; 32], vec![("a".into(), key(1)), ("b".into(), key(2)), ("c".into(), key(3))], params).unwrap();
+        SecAggRound { setup, total_examples: 40 }
+    }
+
+    #[test]
+    fn an_inconsistent_setup_is_refused() {
+        let t = task_to_wire(&Task {
+            job: jid(),
+            id: TaskId(1),
+            kind: TaskKind::Train {
+                round: 1,
+                model: ModelVector { layout_digest: "d".into(), values: Arc::new(vec![0.0]) },
+                standardization: Arc::new(Standardization { mean: vec![0.0], std: vec![1.0] }),
+                secagg: Some(Arc::new(setup())),
+            },
+        });
+        let mut bad = t.clone();
+        if let Some(pb::task::Kind::Train(tr)) = &mut bad.kind {
+            tr.secagg.as_mut().unwrap().round_id = vec![1; 5];
+        }
+        assert!(task_from_wire(bad).unwrap_err().to_string().contains("round_id"));
+        let mut bad = t;
+        if let Some(pb::task::Kind::Train(tr)) = &mut bad.kind {
+            tr.secagg.as_mut().unwrap().threshold = 9;
+        }
+        assert!(task_from_wire(bad).unwrap_err().to_string().contains("secagg"));
+    }
 
     fn jid() -> JobId {
         JobId::parse(&"ab".repeat(32)).unwrap()
@@ -168,7 +283,11 @@ mod tests {
         for kind in [
             TaskKind::Offer { spec_toml: "name = 'x'".into() },
             TaskKind::Stats,
-            TaskKind::Train { round: 3, model: model.clone(), standardization: std.clone() },
+            TaskKind::Train { round: 3, model: model.clone(), standardization: std.clone(), secagg: None },
+            TaskKind::Train { round: 3, model: model.clone(), standardization: std.clone(), secagg: Some(Arc::new(setup())) },
+            TaskKind::ShareKeys { round: 2, keys: Arc::new(vec![vec![1, 2], vec![3]]) },
+            TaskKind::Mask { round: 2, shares: vec![vec![9; 40]] },
+            TaskKind::Unmask { round: 2, request: vec![4, 5, 6] },
             TaskKind::Eval { round: 3, model, standardization: std },
             TaskKind::End { success: false, reason: "r".into() },
         ] {
@@ -188,6 +307,10 @@ mod tests {
             ReplyKind::Update(ModelUpdate { round: 1, num_examples: 5, delta: vec![0.5], train_loss: 0.7 }),
             ReplyKind::Evaluation(EvalReport { round: 1, counts, auc: None }),
             ReplyKind::Failed { reason: "x".into() },
+            ReplyKind::Keys { round: 1, keys: vec![1; 100], num_examples: 7 },
+            ReplyKind::Shares { round: 1, shares: vec![vec![2; 97], vec![3; 97]] },
+            ReplyKind::Masked { round: 1, masked: vec![5; 64] },
+            ReplyKind::Unmasked { round: 1, response: vec![6; 50] },
         ] {
             let r = Reply { site: SiteId::parse("va").unwrap(), job: jid(), task: TaskId(9), kind };
             assert_eq!(reply_from_wire(reply_to_wire(&r)).unwrap(), r);
@@ -214,18 +337,20 @@ mod tests {
 
         let mut t = pb::Task { job_id: jid().to_string(), task_id: 1, kind: None };
         assert_eq!(task_from_wire(t.clone()).unwrap_err(), WireError::Missing { field: "kind" });
-        t.kind = Some(pb::task::Kind::Train(pb::TrainTask { round: 1, model: None, standardization: None }));
+        t.kind = Some(pb::task::Kind::Train(pb::TrainTask { round: 1, model: None, standardization: None, secagg: None }));
         assert_eq!(task_from_wire(t.clone()).unwrap_err(), WireError::Missing { field: "model" });
         t.kind = Some(pb::task::Kind::Train(pb::TrainTask {
             round: 1,
             model: Some(pb::Model { layout_digest: "d".into(), values: vec![f32::NAN] }),
             standardization: Some(pb::Standardization { mean: vec![], std: vec![] }),
+            secagg: None,
         }));
         assert!(task_from_wire(t.clone()).unwrap_err().to_string().contains("not finite"));
         t.kind = Some(pb::task::Kind::Train(pb::TrainTask {
             round: 1,
             model: Some(pb::Model { layout_digest: "d".into(), values: vec![1.0] }),
             standardization: Some(pb::Standardization { mean: vec![0.0], std: vec![0.0] }),
+            secagg: None,
         }));
         assert!(task_from_wire(t).unwrap_err().to_string().contains("deviations positive"));
     }
