@@ -63,6 +63,9 @@ enum Command {
         /// Skip the pooled (central) reference model.
         #[arg(long)]
         no_pooled_reference: bool,
+        /// Turn secure aggregation off (the coordinator then sees each site's update).
+        #[arg(long)]
+        no_secure_aggregation: bool,
     },
     /// Submit a job spec to a running coordinator.
     Submit {
@@ -165,13 +168,14 @@ async fn run(cli: Cli) -> Result<()> {
             init_logging(cli.log_format, "info");
             fedcare_server::serve(listen, &state, shutdown_signal()).await.context("coordinator stopped")?;
         }
-        Command::Simulate { example, rounds, out, no_pooled_reference } => {
+        Command::Simulate { example, rounds, out, no_pooled_reference, no_secure_aggregation } => {
             init_logging(cli.log_format, "warn");
             let opts = fedcare_sim::SimOptions {
                 example_dir: example_dir(&example),
                 rounds,
                 out_dir: out,
                 pooled_reference: !no_pooled_reference,
+                secure_aggregation: no_secure_aggregation.then_some(false),
             };
             let mut printer = ProgressPrinter::default();
             let result = fedcare_sim::run(&opts, |line| printer.print(line))

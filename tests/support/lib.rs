@@ -116,3 +116,58 @@ pub fn binary(name: &str) -> PathBuf {
     );
     path
 }
+
+/// A TCP relay between site agents and the coordinator that records every byte the sites
+/// send: what a network tap at the hospital's edge would see (the connection is not yet TLS).
+pub struct Tap {
+    pub url: String,
+    captured: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    task: JoinHandle<()>,
+}
+
+impl Tap {
+    pub async fn start(target: SocketAddr) -> Tap {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("tap binds");
+        let url = format!("http://{}", listener.local_addr().expect("tap address"));
+        let captured = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = captured.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let Ok(outbound) = tokio::net::TcpStream::connect(target).await else { continue };
+                let (mut in_r, mut in_w) = inbound.into_split();
+                let (mut out_r, mut out_w) = outbound.into_split();
+                let sink = sink.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n) = in_r.read(&mut buf).await {
+                        if n == 0 || out_w.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                        sink.lock().expect("tap lock").extend_from_slice(&buf[..n]);
+                    }
+                });
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut out_r, &mut in_w).await;
+                });
+            }
+        });
+        Tap { url, captured, task }
+    }
+
+    /// Everything the sites sent so far.
+    pub fn bytes(&self) -> Vec<u8> {
+        self.captured.lock().expect("tap lock").clone()
+    }
+}
+
+impl Drop for Tap {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Whether `needle` occurs in `haystack`.
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}

@@ -52,6 +52,8 @@ pub struct SimOptions {
     pub out_dir: PathBuf,
     /// Train the pooled reference as well.
     pub pooled_reference: bool,
+    /// Overrides the job's `secure_aggregation.enabled`.
+    pub secure_aggregation: Option<bool>,
 }
 
 /// The finished simulation.
@@ -66,21 +68,23 @@ fn read(path: &Path) -> Result<String, SimError> {
     std::fs::read_to_string(path).map_err(|source| SimError::Read { path: path.to_owned(), source })
 }
 
-/// The example's job spec text, with `rounds` replaced if asked.
-pub fn job_text(example_dir: &Path, rounds: Option<u32>) -> Result<(String, JobSpec), SimError> {
+/// The example's job spec text, with `rounds` and secure aggregation overridden if asked.
+pub fn job_text(example_dir: &Path, rounds: Option<u32>, secure_aggregation: Option<bool>) -> Result<(String, JobSpec), SimError> {
     let path = example_dir.join("job.toml");
     let text = read(&path)?;
     let mut spec = JobSpec::from_toml(&text, &path.display().to_string())?;
-    let text = match rounds {
-        // Re-serialise so the override is part of the spec (and so of its hash).
-        Some(r) => {
-            spec.rounds = r;
-            spec.validate(&path.display().to_string())?;
-            toml_of(&spec)
-        }
-        None => text,
-    };
-    Ok((text, spec))
+    if rounds.is_none() && secure_aggregation.is_none() {
+        return Ok((text, spec));
+    }
+    // Re-serialise so the overrides are part of the spec (and so of its hash).
+    if let Some(r) = rounds {
+        spec.rounds = r;
+    }
+    if let Some(on) = secure_aggregation {
+        spec.secure_aggregation.enabled = on;
+    }
+    spec.validate(&path.display().to_string())?;
+    Ok((toml_of(&spec), spec))
 }
 
 fn toml_of(spec: &JobSpec) -> String {
@@ -106,7 +110,7 @@ pub fn site_configs(example_dir: &Path) -> Result<Vec<(AgentConfig, PathBuf)>, S
 /// Runs the federation; `progress` receives one line per notable event.
 pub async fn run(opts: &SimOptions, mut progress: impl FnMut(&Line)) -> Result<SimResult, SimError> {
     let started = Instant::now();
-    let (spec_text, spec) = job_text(&opts.example_dir, opts.rounds)?;
+    let (spec_text, spec) = job_text(&opts.example_dir, opts.rounds, opts.secure_aggregation)?;
     let sites = site_configs(&opts.example_dir)?;
     std::fs::create_dir_all(&opts.out_dir).map_err(|source| SimError::Write { path: opts.out_dir.clone(), source })?;
     let state = opts.out_dir.join("coordinator.redb");
