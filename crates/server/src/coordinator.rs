@@ -296,8 +296,15 @@ impl Coordinator {
             elapsed_ms: job.submitted.elapsed().as_millis() as u64,
             kind: Some(kind),
         };
-        if let Err(e) = self.inner.store.append_event(job.run.id().as_str(), &event.encode_to_vec()) {
-            warn!(error = %e, "could not persist a job event");
+        // Progress events (which site finished which step) are transient and the most frequent
+        // by far; persisting each would put an fsync under the lock for every reply. Everything
+        // that changes what a job is (sites joined or left, statistics, rounds, the end) is
+        // written before watchers see it.
+        let transient = matches!(event.kind, Some(pb::job_event::Kind::Progress(_)));
+        if !transient {
+            if let Err(e) = self.inner.store.append_event(job.run.id().as_str(), &event.encode_to_vec()) {
+                warn!(error = %e, "could not persist a job event");
+            }
         }
         job.events.push(event);
         let over = job.run.is_over();

@@ -17,7 +17,7 @@ pub use coordinator::{AdminApi, Coordinator, SiteApi};
 use fedcare_proto::v1 as pb;
 use fedcare_store::Store;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -61,7 +61,9 @@ pub async fn serve_on(
         .add_service(health_service)
         .add_service(pb::site_service_server::SiteServiceServer::new(SiteApi(coordinator.clone())))
         .add_service(pb::admin_service_server::AdminServiceServer::new(AdminApi(coordinator)))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        // TCP_NODELAY: replies are small and each one unblocks a site; without it Nagle's
+        // algorithm and the peer's delayed ACK hold every reply back about 40 ms.
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
         .await;
     ticker.abort();
     Ok(result?)
