@@ -69,11 +69,14 @@ impl Worker {
                 let identity = self.identity.clone();
                 let result = self
                     .blocking(&job, move |d| {
+                        // The plain update never leaves this closure; it and its weighted and
+                        // quantised forms are wiped from memory when dropped.
                         let update = train_locally(d, &spec, round, &model, &standardization, salt)?;
+                        let delta = Zeroizing::new(update.delta);
                         // Weight by this site's share of the job's examples and append the
                         // loss, so the unmasked sum is exactly FedAvg's numerator.
                         let w = update.num_examples as f64 / sa.total_examples as f64;
-                        let mut v: Vec<f32> = update.delta.iter().map(|x| (f64::from(*x) * w) as f32).collect();
+                        let mut v: Zeroizing<Vec<f32>> = Zeroizing::new(delta.iter().map(|x| (f64::from(*x) * w) as f32).collect());
                         v.push((update.train_loss * w) as f32);
                         let quantizer = fedcare_protocol::secure::quantizer(&spec, sa.setup.n()).map_err(|e| e.to_string())?;
                         let input = Zeroizing::new(quantizer.encode(&v));
