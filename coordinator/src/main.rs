@@ -91,6 +91,11 @@ enum Command {
         #[arg(long, default_value = "http://127.0.0.1:50051", env = "FEDCARE_COORDINATOR")]
         coordinator: String,
     },
+    /// Privacy planning for research leads (runs locally; contacts no coordinator).
+    Privacy {
+        #[command(subcommand)]
+        command: PrivacyCommand,
+    },
     /// Download a finished job's model and report.
     Fetch {
         job_id: String,
@@ -100,6 +105,70 @@ enum Command {
         #[arg(long, default_value = "out")]
         out: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum PrivacyCommand {
+    /// Epsilon of DP-SGD-style training (Poisson-sampled Gaussian, Rényi DP accounting with the
+    /// conversion of Google's dp_accounting), or with --target-epsilon the smallest noise
+    /// multiplier that stays within it.
+    #[command(group = clap::ArgGroup::new("given").required(true).args(["noise_multiplier", "target_epsilon"]))]
+    Plan {
+        /// Noise standard deviation divided by the clipping norm.
+        #[arg(long, allow_negative_numbers = true)]
+        noise_multiplier: Option<f64>,
+        /// Find the smallest noise multiplier whose epsilon is at most this.
+        #[arg(long, allow_negative_numbers = true)]
+        target_epsilon: Option<f64>,
+        /// Probability that a record is in a step's sample, in (0, 1].
+        #[arg(long, allow_negative_numbers = true)]
+        sampling_rate: f64,
+        /// Number of steps (noisy updates).
+        #[arg(long)]
+        steps: u64,
+        /// Target delta, in (0, 1).
+        #[arg(long, allow_negative_numbers = true)]
+        delta: f64,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+fn privacy_plan(noise: Option<f64>, target: Option<f64>, q: f64, steps: u64, delta: f64, output: Output) -> Result<()> {
+    let (z, eps) = match (noise, target) {
+        (Some(z), _) => (z, fedcare_privacy::epsilon_for(z, q, steps, delta)?),
+        (None, Some(target)) => {
+            let z = fedcare_privacy::smallest_noise_multiplier(target, q, steps, delta)?;
+            (z, fedcare_privacy::epsilon_for(z, q, steps, delta)?)
+        }
+        (None, None) => bail!("give --noise-multiplier or --target-epsilon"),
+    };
+    match output {
+        Output::Json => println!(
+            "{}",
+            serde_json::json!({
+                "mechanism": "poisson-subsampled gaussian",
+                "accountant": "rdp",
+                "noise_multiplier": z,
+                "sampling_rate": q,
+                "steps": steps,
+                "delta": delta,
+                "epsilon": eps,
+                "target_epsilon": target,
+            })
+        ),
+        Output::Text => match target {
+            Some(t) => println!("smallest noise multiplier for epsilon <= {t}: {z:.6} (epsilon {eps:.4}, delta {delta:e}, {steps} steps at rate {q})"),
+            None => println!("epsilon {eps:.4} at delta {delta:e} (noise multiplier {z}, {steps} steps at rate {q}; Rényi DP accounting)"),
+        },
+    }
+    Ok(())
 }
 
 fn init_logging(format: LogFormat, default: &str) {
@@ -227,6 +296,9 @@ async fn run(cli: Cli) -> Result<()> {
                 let job = if s.job_id.is_empty() { "idle".to_owned() } else { format!("in job {}", &s.job_id[..12.min(s.job_id.len())]) };
                 println!("{:<16} {:<28} {job}", s.site_id, s.agent_version);
             }
+        }
+        Command::Privacy { command: PrivacyCommand::Plan { noise_multiplier, target_epsilon, sampling_rate, steps, delta, output } } => {
+            privacy_plan(noise_multiplier, target_epsilon, sampling_rate, steps, delta, output)?;
         }
         Command::Fetch { job_id, coordinator, out } => {
             init_logging(cli.log_format, "warn");
