@@ -5,12 +5,14 @@
 //! b = 32, 10% of the sites drop out after the share exchange (the costliest stage for the
 //! coordinator: it must recompute their pairwise masks with every surviving neighbour).
 //! `SECAGG_BENCH_SITES`, `SECAGG_BENCH_DIM` and `SECAGG_BENCH_REPS` override n, d and the
-//! repetitions of the timed round.
+//! repetitions of the timed round; `SECAGG_BENCH_THREADS` (default 2) sets the threads for
+//! the sites and for the coordinator's unmasking (`Server::finish_threads`).
 //!
 //! Reported: per-site client time (all four steps, one thread), the time the PRG alone needs
 //! for that site's masks, coordinator time (all its steps, including decoding messages), bytes
 //! sent per site (the wire encodings of everything it sends), the coordinator's peak memory,
-//! and the total compute (every site plus the coordinator). The coordinator's memory is
+//! and the total compute (every site plus the coordinator, the unmasking counted once per
+//! thread it runs on), and the process's CPU time over the round from /proc/self/stat. The coordinator's memory is
 //! measured by replaying the recorded messages into a fresh coordinator under a counting
 //! allocator: peak live bytes minus what was live before the replay.
 //!
@@ -137,6 +139,17 @@ struct RoundStats {
     survivors: usize,
     fold: Duration,
     finish: Duration,
+    process_cpu: Option<Duration>,
+}
+
+/// CPU time (user + system) of this whole process so far, from /proc/self/stat (Linux; 10 ms
+/// ticks). Includes the harness's own work (building inputs, encoding, checking the sum).
+fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
 }
 
 fn run_round(
@@ -148,6 +161,7 @@ fn run_round(
     let n = setup.n();
     let d = setup.params.dim;
     let bits = setup.params.bits;
+    let cpu0 = process_cpu();
     let wall = Instant::now();
     let mut coord = Duration::ZERO;
     let mut sites: Vec<Site> = (0..n as u32)
@@ -269,10 +283,11 @@ fn run_round(
             .expect("add_unmask");
     }
     let t_finish = Instant::now();
-    let sum = server.finish().expect("finish");
+    let sum = server.finish_threads(threads()).expect("finish");
     let t_finish = t_finish.elapsed();
     coord += t.elapsed();
     let wall = wall.elapsed();
+    let cpu1 = process_cpu();
     rec.unmask = responses.into_iter().flatten().collect();
 
     // Check the result against the plain sum (not timed).
@@ -319,7 +334,10 @@ fn run_round(
         prg_alone_mean: prg_total / sample.len().max(1) as u32,
         coordinator: coord,
         wall,
-        total_compute: client_total + coord,
+        // The unmasking runs on threads() threads: count its wall time once per thread (an
+        // upper bound on its CPU time), so the total stays a CPU-time figure.
+        total_compute: client_total + coord + t_finish * (threads() as u32 - 1),
+        process_cpu: cpu1.zip(cpu0).map(|(b, a)| b.saturating_sub(a)),
         bytes_mean: live.iter().map(|s| s.sent as f64).sum::<f64>() / k as f64,
         share_bytes_mean: live.iter().map(|s| s.share_bytes as f64).sum::<f64>() / k as f64,
         masks_mean: live.iter().map(|s| s.masks as f64).sum::<f64>() / k as f64,
@@ -479,9 +497,16 @@ fn main() {
             payload / 1048576.0
         );
         println!(
-            "  total compute            {} (all sites + coordinator, CPU time)",
-            ms(r.total_compute)
+            "  total compute            {} (all sites + coordinator, CPU time; unmasking counted x{})",
+            ms(r.total_compute),
+            threads()
         );
+        if let Some(p) = r.process_cpu {
+            println!(
+                "  process CPU in the round {} (incl. harness: inputs, encoding)",
+                ms(p)
+            );
+        }
         println!(
             "  round wall clock         {} on {} threads",
             ms(r.wall),

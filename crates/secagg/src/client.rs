@@ -20,7 +20,7 @@ use crate::messages::{
     AdvertiseKeys, EncryptedShare, MaskedInput, RevealedShare, ShareKind, UnmaskRequest,
     UnmaskResponse,
 };
-use crate::prg::{Accumulator, MaskPrg, SignedMask};
+use crate::prg::{self, Accumulator, MaskPrg, SignedMask};
 use crate::setup::RoundSetup;
 use crate::shamir::{self, Share};
 
@@ -268,7 +268,9 @@ impl Client {
         received: &[EncryptedShare],
         input: &[u64],
     ) -> Result<MaskedInput, SecAggError> {
-        let acc = self.mask(received, input)?;
+        let masks = self.masks(received, input)?;
+        let mut acc = Accumulator::from_values(self.setup.params.bits, input);
+        acc.apply_masks(&masks);
         Ok(MaskedInput {
             from: self.me,
             bits: self.setup.params.bits,
@@ -283,18 +285,25 @@ impl Client {
         received: &[EncryptedShare],
         input: &[u64],
     ) -> Result<Vec<u8>, SecAggError> {
-        let acc = self.mask(received, input)?;
+        let masks = self.masks(received, input)?;
         let p = &self.setup.params;
         let mut out = MaskedInput::header(self.me, p.bits, p.dim);
-        acc.write_packed(&mut out);
+        // Byte-aligned widths are masked and packed chunk by chunk, in one pass.
+        if !prg::mask_into_packed(p.bits, input, &masks, &mut out) {
+            let mut acc = Accumulator::from_values(p.bits, input);
+            acc.apply_masks(&masks);
+            acc.write_packed(&mut out);
+        }
         Ok(out)
     }
 
-    fn mask(
+    /// Checks step 3's inputs and returns the masks to add (self mask and pairwise masks);
+    /// on success the site's own secrets are dropped and the stage advances.
+    fn masks(
         &mut self,
         received: &[EncryptedShare],
         input: &[u64],
-    ) -> Result<Accumulator, SecAggError> {
+    ) -> Result<Vec<SignedMask>, SecAggError> {
         if self.stage != ClientStage::AwaitingShares {
             return Err(self.stage_error("masked_input"));
         }
@@ -375,15 +384,13 @@ impl Client {
                 negate: self.me > j,
             });
         }
-        let mut acc = Accumulator::from_values(p.bits, input);
-        acc.apply_masks(&masks);
         // This site's own secrets are no longer needed: drop (and so zeroize) them.
         self.self_seed = None;
         self.mask_secret = None;
         self.held = held;
         self.share_agreed.clear();
         self.stage = ClientStage::AwaitingUnmask;
-        Ok(acc)
+        Ok(masks)
     }
 
     /// Step 4. Reveals, for each neighbour the request names, the self-mask seed share (if it

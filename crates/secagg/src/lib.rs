@@ -24,7 +24,8 @@
 //!    and both site indices (also in the associated data). The coordinator forwards them.
 //! 3. **Masked input.** y_u = x_u + PRG(b_u) + Σ_v ±PRG(s_uv) in Z_{2^b}, over the neighbours
 //!    v whose shares arrived; s_uv = HKDF(X25519(u, v), round id, ordered pair); the smaller
-//!    index adds, the larger subtracts. The PRG is AES-256-CTR ([`prg`]). The coordinator
+//!    index adds, the larger subtracts. The PRG is AES-128-CTR keyed by a hash of the seed
+//!    ([`prg`]). The coordinator
 //!    folds each y_u into one running sum as it arrives.
 //! 4. **Unmask.** The coordinator tells each survivor which of its neighbours survived and
 //!    which dropped. A survivor reveals its share of b_v for each survivor v and of v's mask
@@ -42,7 +43,8 @@
 //! - **Honest-but-curious coordinator, colluding with fewer than t of any site's neighbours**
 //!   (and, for the regular graph, with at most the corruption fraction given to
 //!   [`Params::choose`]): it learns the sum over the survivors and which sites survived,
-//!   nothing else. Masks come from 256-bit seeds; shares below the threshold are
+//!   nothing else. Masks come from 256-bit seeds (expanded with AES-128, so 128-bit
+//!   security for the masks); shares below the threshold are
 //!   information-theoretically hiding; key agreement is authenticated by identity signatures,
 //!   so the coordinator cannot substitute keys (no man in the middle) and keys or shares from
 //!   another round, or re-addressed to another site, are refused.
@@ -66,8 +68,9 @@
 //!
 //! # Never
 //!
-//! No I/O, no clock, no threads, no randomness except the injected CSPRNG, no `unsafe`, no
-//! panic on peer input: every malformed or unexpected message is a typed [`SecAggError`] and
+//! No I/O, no clock, no randomness except the injected CSPRNG, no `unsafe`, no threads
+//! unless the caller asks for them ([`Server::finish_threads`], scoped, joined before it
+//! returns), no panic on peer input: every malformed or unexpected message is a typed [`SecAggError`] and
 //! leaves the state machine unchanged.
 //!
 //! # Quantisation

@@ -394,8 +394,17 @@ impl Server {
     /// Ends the round: reconstructs the survivors' self-mask seeds and the dropped sites' mask
     /// keys, removes every mask, and returns the sum mod 2^bits of the survivors' inputs
     /// ([`Server::survivors`]). If any secret cannot be reconstructed the round aborts and the
-    /// sum is discarded.
+    /// sum is discarded. Runs on the calling thread; see [`Server::finish_threads`].
     pub fn finish(&mut self) -> Result<Vec<u64>, SecAggError> {
+        self.finish_threads(1)
+    }
+
+    /// [`Server::finish`], regenerating the masks on up to `threads` scoped threads (the
+    /// calling thread included; 0 counts as 1), each over a disjoint range of the d
+    /// coordinates with its own chunk buffer, so memory stays O(d + n k). The result is the
+    /// same for every `threads`. This is the only place the crate starts threads, and only
+    /// when the caller asks for more than one.
+    pub fn finish_threads(&mut self, threads: usize) -> Result<Vec<u64>, SecAggError> {
         self.expect(Stage::Unmask, "finish")?;
         let t = self.setup.params.threshold;
         let (round_id, digest) = (self.setup.round_id, self.digest);
@@ -476,7 +485,7 @@ impl Server {
         let Some(mut sum) = self.sum.take() else {
             return Err(SecAggError::Aborted);
         };
-        sum.apply_masks(&masks);
+        sum.apply_masks_threads(&masks, threads);
         self.stage = Stage::Over;
         self.seed_shares.clear();
         self.key_shares.clear();

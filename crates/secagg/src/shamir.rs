@@ -71,7 +71,12 @@ pub fn eval_poly(coeffs: &[u64], x: u64) -> u64 {
 /// Lagrange weights for evaluating, at `at`, the polynomial through points with abscissae
 /// `xs`. `None` if two abscissae coincide.
 fn lagrange_weights(xs: &[u64], at: u64) -> Option<Vec<u64>> {
-    let mut w = Vec::with_capacity(xs.len());
+    // w_i = num_i / den_i; all denominators are inverted with one field inversion
+    // (Montgomery's batch trick): prefix[i] = den_0 ⋯ den_{i-1}.
+    let mut nums = Vec::with_capacity(xs.len());
+    let mut dens = Vec::with_capacity(xs.len());
+    let mut prefix = Vec::with_capacity(xs.len());
+    let mut acc = 1u64;
     for (i, &xi) in xs.iter().enumerate() {
         let mut num = 1u64;
         let mut den = 1u64;
@@ -81,7 +86,19 @@ fn lagrange_weights(xs: &[u64], at: u64) -> Option<Vec<u64>> {
                 den = mul(den, sub(xi, xj));
             }
         }
-        w.push(mul(num, inv(den)?));
+        nums.push(num);
+        dens.push(den);
+        prefix.push(acc);
+        acc = mul(acc, den);
+    }
+    // Zero exactly when some den_i is zero, i.e. two abscissae coincide.
+    let mut inv_rest = inv(acc)?;
+    let mut w = vec![0u64; xs.len()];
+    for i in (0..xs.len()).rev() {
+        // inv_rest = 1 / (den_0 ⋯ den_i).
+        let inv_den = mul(inv_rest, prefix[i]);
+        inv_rest = mul(inv_rest, dens[i]);
+        w[i] = mul(nums[i], inv_den);
     }
     Some(w)
 }

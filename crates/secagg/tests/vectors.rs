@@ -142,23 +142,28 @@ fn chacha20_poly1305_rfc8439_section_2_8_2() {
     assert!(aead_open(&key, nonce, b"other aad", &ct).is_none());
 }
 
-/// The mask PRG is AES-256-CTR. GCM spec (McGrew-Viega) test case 14, AES-256, zero key, zero
-/// IV, one zero block: its ciphertext is the keystream block E(K, IV ‖ 2), i.e. the first 16
-/// bytes of chunk 0 under the zero seed. Further values from Python's `cryptography`
-/// (OpenSSL's AES-CTR), independently of ring:
+/// The mask PRG is AES-128-CTR under K = SHA-256("fedcare-secagg mask prg AES-128 v1" ‖ seed)
+/// truncated to 16 bytes. Expected values from Python's `hashlib` and `cryptography` (OpenSSL's
+/// AES-CTR), independently of ring:
 ///
 /// ```python
+/// import hashlib
 /// from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-/// key = bytes(range(32))
-/// for chunk in (0, 1, 300):
+/// def ks(seed, chunk, n):
+///     key = hashlib.sha256(b"fedcare-secagg mask prg AES-128 v1" + seed).digest()[:16]
 ///     iv = chunk.to_bytes(8, 'big') + b'\0' * 4 + (2).to_bytes(4, 'big')
-///     ks = Cipher(algorithms.AES(key), modes.CTR(iv)).encryptor().update(b'\0' * 64)
+///     return Cipher(algorithms.AES(key), modes.CTR(iv)).encryptor().update(b'\0' * n)
+/// ks(bytes(32), 0, 16); ks(bytes(range(32)), 1, 64)  # and chunks 0, 1, 300 as words
 /// ```
+///
+/// (That GCM's ciphertext of zeros is this CTR keystream for AES-128 is GCM spec test case 2:
+/// zero key and IV give 0388dace60b6a392f328c2b971b2fe78 = E(0, 0^96 ‖ 2).)
 #[test]
-fn mask_prg_is_aes_256_ctr() {
+fn mask_prg_is_aes_128_ctr() {
+    assert_eq!(prg::KEY_LABEL, b"fedcare-secagg mask prg AES-128 v1");
     let mut buf = [0u8; 16];
     prg::MaskPrg::new(&[0u8; 32]).keystream(0, &mut buf);
-    assert_eq!(buf.to_vec(), hex("cea7403d4d606b6e074ec5d3baf39d18"));
+    assert_eq!(buf.to_vec(), hex("8da732a131c98feb05df2dce52cd883f"));
 
     let seed: [u8; 32] = std::array::from_fn(|i| i as u8);
     let mut ks = [0u8; 64];
@@ -166,24 +171,66 @@ fn mask_prg_is_aes_256_ctr() {
     assert_eq!(
         ks.to_vec(),
         hex(
-            "310b647d319ddc92e4539e9bbe37078debe3aefbffe3bacca34f42543ebb9fb6a8f36e769a45a0f1bc193426abad8c603b9b317fb5f1bb8cbc7143cbb8c6fbe6"
+            "0c1a8872fd03468a758b7708fd8023db03e510a0451722b295a86d0a053659b9ccef049bf32afadf117bfe0a7ad29c6a842fe53d431ac622e0f8302a5419d572"
         )
     );
     let c = prg::CHUNK;
     let m = prg::expand(&seed, 32, 300 * c + 4);
-    assert_eq!(m[..4], [3736452110, 3179490485, 900311048, 2576428056]);
-    assert_eq!(
-        m[c..c + 4],
-        [2103708465, 2463931697, 2610844644, 2366060478]
-    );
+    assert_eq!(m[..4], [3755489813, 163387441, 3776008777, 2383708981]);
+    assert_eq!(m[c..c + 4], [1921522188, 2319844349, 142052213, 3676537085]);
     assert_eq!(
         m[300 * c..300 * c + 4],
-        [3493930461, 4116603764, 2840555763, 604275065]
+        [1174320102, 356108375, 2577192400, 4282878027]
     );
     // 12 bits: two keystream bytes per coordinate, little-endian, reduced mod 2^12.
     let m = prg::expand(&seed, 12, c + 4);
-    assert_eq!(m[..4], [3086, 3765, 3253, 3459]);
-    assert_eq!(m[c..c + 4], [2865, 3428, 3377, 732]);
+    assert_eq!(m[..4], [2581, 4056, 2097, 2493]);
+    assert_eq!(m[c..c + 4], [2572, 648, 1021, 2630]);
+}
+
+/// Unmasking on several threads and the client's one-pass mask-and-pack give exactly what the
+/// single-threaded accumulator gives, for every lane width and ragged last chunks.
+#[test]
+fn threaded_and_packed_masking_match_the_accumulator() {
+    let c = prg::CHUNK;
+    let masks = || -> Vec<prg::SignedMask> {
+        (0..4u8)
+            .map(|i| prg::SignedMask {
+                prg: prg::MaskPrg::new(&[i; 32]),
+                negate: i % 2 == 1,
+            })
+            .collect()
+    };
+    for bits in [1u32, 8, 12, 16, 32, 33, 64] {
+        for dim in [0, 5, c, 3 * c + 7] {
+            let top = if bits == 64 {
+                u64::MAX
+            } else {
+                (1u64 << bits) - 1
+            };
+            let input: Vec<u64> = (0..dim as u64)
+                .map(|i| i.wrapping_mul(0x9e3779b97f4a7c15) & top)
+                .collect();
+            let mut reference = prg::Accumulator::from_values(bits, &input);
+            reference.apply_masks(&masks());
+            for threads in [0, 2, 3, 5] {
+                let mut acc = prg::Accumulator::from_values(bits, &input);
+                acc.apply_masks_threads(&masks(), threads);
+                assert_eq!(acc, reference, "bits {bits}, dim {dim}, threads {threads}");
+            }
+            let mut want = Vec::new();
+            reference.write_packed(&mut want);
+            let mut got = vec![0xAA];
+            if prg::mask_into_packed(bits, &input, &masks(), &mut got) {
+                assert!(bits % 8 == 0 && bits != 33, "bits {bits}");
+                assert_eq!(got[0], 0xAA);
+                assert_eq!(got[1..], want[..], "bits {bits}, dim {dim}");
+            } else {
+                assert_eq!(got, [0xAA]);
+                assert!(bits % 8 != 0, "bits {bits}");
+            }
+        }
+    }
 }
 
 /// RFC 8032 §7.1 TEST 1 (Ed25519, empty message), through IdentityKey.
