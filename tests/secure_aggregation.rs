@@ -124,14 +124,12 @@ async fn a_site_killed_during_a_round_does_not_stop_it() {
         admin.watch(&id, |e| {
             lines.extend(fedcare_server::client::describe(e, 3).map(|l| l.text));
             // Kill VA's agent in the middle of round 2, once another site has answered.
-            if let Some(pb::job_event::Kind::Progress(p)) = &e.kind {
-                if p.round == 2 && p.sites_done >= 1 {
-                    if let Some(handle) = va.lock().unwrap().take() {
+            if let Some(pb::job_event::Kind::Progress(p)) = &e.kind
+                && p.round == 2 && p.sites_done >= 1
+                    && let Some(handle) = va.lock().unwrap().take() {
                         handle.abort();
                         *killed_at.lock().unwrap() = Some(p.sites_done);
                     }
-                }
-            }
         }),
     )
     .await

@@ -193,14 +193,13 @@ impl JobSpec {
         if self.min_sites == 0 {
             return Err(bad("min_sites", "must be at least 1".into()));
         }
-        if let Some(m) = self.min_sites_per_round {
-            if m == 0 || m > self.min_sites {
+        if let Some(m) = self.min_sites_per_round
+            && (m == 0 || m > self.min_sites) {
                 return Err(bad(
                     "min_sites_per_round",
                     format!("must be between 1 and min_sites ({}), got {m}", self.min_sites),
                 ));
             }
-        }
         if self.training.local_epochs == 0 {
             return Err(bad("training.local_epochs", "must be at least 1".into()));
         }
@@ -260,7 +259,7 @@ impl JobSpec {
         TrainConfig {
             local_epochs: self.training.local_epochs,
             batch_size: self.training.batch_size,
-            optimizer: self.training.optimizer.clone(),
+            optimizer: self.training.optimizer,
             learning_rate: self.training.learning_rate,
             seed,
         }

@@ -423,11 +423,10 @@ impl JobRun {
                 if report.counts.n == 0 {
                     return Err(refuse("evaluation", "it covers 0 examples".into()));
                 }
-                if let Some(auc) = report.auc {
-                    if !(0.0..=1.0).contains(&auc) {
+                if let Some(auc) = report.auc
+                    && !(0.0..=1.0).contains(&auc) {
                         return Err(refuse("evaluation", format!("AUC {auc} outside [0, 1]")));
                     }
-                }
                 counts.add(&report.counts);
                 self.last_eval.insert(site.clone(), report);
                 Ok(())
@@ -584,8 +583,9 @@ impl JobRun {
                 let examples: u64 = survivors.iter().filter_map(|i| sec.weights.get(i)).sum();
                 let weight = examples as f64 / sec.setup.total_examples as f64;
                 let len = self.model.len();
-                if decoded.len() != secure::masked_dim(len) || !(weight > 0.0) {
-                    return self.fail(format!("round {round}: the unmasked sum has the wrong shape"));
+                // `weight` is NaN if total_examples were 0; `is_nan` keeps that case a failure.
+                if decoded.len() != secure::masked_dim(len) || weight.is_nan() || weight <= 0.0 {
+                    return self.fail(format!("round {round}: the unmasked sum has the wrong shape or no weight"));
                 }
                 let model: Vec<f32> =
                     self.model.iter().zip(&decoded[..len]).map(|(g, d)| (f64::from(*g) + f64::from(*d) / weight) as f32).collect();

@@ -98,12 +98,11 @@ impl Coordinator {
         let mut st = self.lock();
         let ids: Vec<JobId> = st.jobs.iter().filter(|(_, j)| !j.run.is_over()).map(|(id, _)| id.clone()).collect();
         for id in ids {
-            if let Some(job) = st.jobs.get_mut(&id) {
-                if job.run.next_deadline().is_some_and(|d| d <= now) {
+            if let Some(job) = st.jobs.get_mut(&id)
+                && job.run.next_deadline().is_some_and(|d| d <= now) {
                     job.run.tick(now);
                     self.drive(&mut st, &id);
                 }
-            }
         }
     }
 
@@ -301,18 +300,17 @@ impl Coordinator {
         // that changes what a job is (sites joined or left, statistics, rounds, the end) is
         // written before watchers see it.
         let transient = matches!(event.kind, Some(pb::job_event::Kind::Progress(_)));
-        if !transient {
-            if let Err(e) = self.inner.store.append_event(job.run.id().as_str(), &event.encode_to_vec()) {
+        if !transient
+            && let Err(e) = self.inner.store.append_event(job.run.id().as_str(), &event.encode_to_vec()) {
                 warn!(error = %e, "could not persist a job event");
             }
-        }
         job.events.push(event);
         let over = job.run.is_over();
         job.published.send_replace((job.events.len(), over));
     }
 
     /// Events of a job from index `from`, whether the job is over, and a receiver to wait on.
-    fn events_since(&self, id: &JobId, from: usize) -> Option<(Vec<pb::JobEvent>, bool, watch::Receiver<(usize, bool)>)> {
+    fn events_since(&self, id: &JobId, from: usize) -> Option<EventsSince> {
         let st = self.lock();
         let job = st.jobs.get(id)?;
         let events = job.events.get(from..).unwrap_or_default().to_vec();
@@ -339,8 +337,8 @@ impl Coordinator {
     fn fetch(&self, id: &JobId) -> Result<pb::FetchModelResponse, Status> {
         {
             let st = self.lock();
-            if let Some(job) = st.jobs.get(id) {
-                if !job.run.is_over() {
+            if let Some(job) = st.jobs.get(id)
+                && !job.run.is_over() {
                     let round = job.run.history().len();
                     return Err(Status::failed_precondition(format!(
                         "job {} is still running ({} stage, {round} of {} rounds done)",
@@ -349,7 +347,6 @@ impl Coordinator {
                         job.spec.rounds
                     )));
                 }
-            }
         }
         match self.inner.store.result(id.as_str()) {
             Ok(Some((safetensors, report_json))) => Ok(pb::FetchModelResponse { safetensors, report_json }),
@@ -365,6 +362,9 @@ impl Coordinator {
         }
     }
 }
+
+/// New events, whether the job is over, and a receiver that changes when more arrive.
+type EventsSince = (Vec<pb::JobEvent>, bool, watch::Receiver<(usize, bool)>);
 
 fn event_to_wire(e: &JobEvent) -> pb::job_event::Kind {
     use pb::job_event::Kind;

@@ -109,7 +109,10 @@ fn job_text(n: usize, rounds: u32) -> Result<String, String> {
 
 /// When the first site received each round's train task (index = round), and the End task.
 #[derive(Clone, Default)]
-struct RoundMarks(Arc<Mutex<(Vec<Option<Instant>>, Option<Instant>)>>);
+struct RoundMarks(Arc<Mutex<Marks>>);
+
+/// Per round, when its train task first reached a site; and when the End task did.
+type Marks = (Vec<Option<Instant>>, Option<Instant>);
 
 impl RoundMarks {
     /// Records that a site received round `round`'s train task now; returns `round`.
@@ -171,15 +174,13 @@ async fn noop_site(channel: Channel, site_id: String, marks: RoundMarks) -> Resu
             Some(T::Stats(_)) => R::Stats(pb::FeatureSums {
                 count: vec![1; width],
                 sum: vec![0.0; width],
-                sum_sq: vec![1.0; width],
-                ..Default::default()
+                sum_sq: vec![1.0; width]
             }),
             Some(T::Train(t)) => R::Update(pb::ModelUpdate {
                 round: marks.mark(t.round),
                 num_examples: 1,
                 delta: vec![0.0; t.model.map_or(0, |m| m.values.len())],
-                train_loss: 0.0,
-                ..Default::default()
+                train_loss: 0.0
             }),
             // The coordinator refuses an evaluation of 0 examples, so the smallest valid one:
             // one negative example, predicted 0 (first bin), correct, zero loss.
@@ -190,8 +191,7 @@ async fn noop_site(channel: Channel, site_id: String, marks: RoundMarks) -> Resu
                 correct: 1,
                 auc: None,
                 pos_hist: vec![0; HIST_BINS],
-                neg_hist: std::iter::once(1).chain(std::iter::repeat_n(0, HIST_BINS - 1)).collect(),
-                ..Default::default()
+                neg_hist: std::iter::once(1).chain(std::iter::repeat_n(0, HIST_BINS - 1)).collect()
             }),
             Some(T::End(_)) => {
                 marks.mark_end();
@@ -201,7 +201,7 @@ async fn noop_site(channel: Channel, site_id: String, marks: RoundMarks) -> Resu
             #[allow(unreachable_patterns)]
             Some(_) => return Err(format!("{site_id}: task {} is of a kind this no-op site does not speak", task.task_id)),
         };
-        let reply = pb::SiteReply { site_id: site_id.clone(), job_id: task.job_id, task_id: task.task_id, kind: Some(kind), ..Default::default() };
+        let reply = pb::SiteReply { site_id: site_id.clone(), job_id: task.job_id, task_id: task.task_id, kind: Some(kind) };
         client.submit(reply).await.map_err(|s| format!("{site_id}: reply refused: {}", s.message()))?;
         answered += 1;
     }
