@@ -59,4 +59,18 @@ pub enum PrivacyError {
         /// What it must satisfy.
         reason: &'static str,
     },
+    /// An input vector does not have the length the encoder was built for.
+    #[error("input has length {got}, expected {expected}")]
+    InputLength {
+        /// The configured length.
+        expected: usize,
+        /// The length given.
+        got: usize,
+    },
+    /// An input vector holds a NaN or an infinity.
+    #[error("input coordinate {index} is not finite")]
+    NonFiniteInput {
+        /// The first offending coordinate.
+        index: usize,
+    },
 }
