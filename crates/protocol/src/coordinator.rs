@@ -598,8 +598,15 @@ impl JobRun {
             }
         }
         self.stage = Stage::Training { round, agg, sites, started_ms, secure: Some(sec) };
+        // A site that left the job since its last message is a dropout for the secure
+        // aggregation; it gets no further task.
+        let sends: Vec<(SiteId, TaskKind)> = sends.into_iter().filter(|(site, _)| self.participants.contains(site)).collect();
         for (site, kind) in sends {
             self.send(&site, kind, deadline);
+        }
+        if self.outstanding.is_empty() {
+            // Everyone who could answer has left: end this step now rather than wait.
+            return self.maybe_advance(now_ms);
         }
         self.progress();
     }
