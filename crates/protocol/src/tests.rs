@@ -555,3 +555,69 @@ fn plain_updates_are_refused_when_the_job_is_secure_and_sites_refuse_weak_setups
     // The honest setup is accepted.
     assert!(matches!(s.on_task(train(8, setup(honest, round_id))), Ok(Work::Train { secagg: Some((_, 0 | 1)), .. })));
 }
+
+// --- hostile input never panics and, unless it is a refused update, changes nothing ---
+
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::messages::{Reply, TaskId};
+
+    /// A snapshot of what a reply could change.
+    fn snapshot(run: &JobRun) -> (&'static str, usize, Option<u64>, Vec<f32>, usize) {
+        (run.stage_name(), run.participants().count(), run.next_deadline(), run.model().to_vec(), run.history().len())
+    }
+
+    fn kind_strategy() -> impl Strategy<Value = ReplyKind> {
+        prop_oneof![
+            any::<bool>().prop_map(|accept| ReplyKind::Decision { accept, reason: String::new() }),
+            (0usize..20).prop_map(|w| ReplyKind::Stats(FeatureSums { count: vec![1; w], sum: vec![0.0; w], sum_sq: vec![1.0; w] })),
+            (any::<u32>(), prop::collection::vec(any::<f32>(), 0..20), any::<u64>(), any::<f64>()).prop_map(|(round, delta, n, loss)| {
+                ReplyKind::Update(ModelUpdate { round, num_examples: n, delta, train_loss: loss })
+            }),
+            (any::<u32>(), prop::collection::vec(any::<u8>(), 0..200), any::<u64>())
+                .prop_map(|(round, keys, n)| ReplyKind::Keys { round, keys, num_examples: n }),
+            (any::<u32>(), prop::collection::vec(prop::collection::vec(any::<u8>(), 0..120), 0..5))
+                .prop_map(|(round, shares)| ReplyKind::Shares { round, shares }),
+            (any::<u32>(), prop::collection::vec(any::<u8>(), 0..200)).prop_map(|(round, masked)| ReplyKind::Masked { round, masked }),
+            (any::<u32>(), prop::collection::vec(any::<u8>(), 0..200)).prop_map(|(round, response)| ReplyKind::Unmasked { round, response }),
+            "[a-z]{0,10}".prop_map(|reason| ReplyKind::Failed { reason }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        #[test]
+        fn random_replies_in_any_stage(secure in any::<bool>(), stage_steps in 0usize..4, who in 0usize..5, task in 0u64..40, kind in kind_strategy()) {
+            let sites = [("a", 10, 1.0), ("b", 20, 2.0), ("c", 30, 3.0)];
+            let mut h = Harness::with_secure(2, 3, 2, secure, &sites);
+            h.offer_all();
+            // Advance honestly by a few deliveries so the stage varies.
+            for _ in 0..stage_steps {
+                h.drain();
+                let batch = std::mem::take(&mut h.inbox);
+                for (to, t) in batch {
+                    if let Some(r) = h.answer(&to, t) {
+                        h.run.handle_reply(r, 0).unwrap();
+                    }
+                }
+            }
+            h.drain();
+            let names = ["a", "b", "c", "z", "b"];
+            let reply = Reply { site: site(names[who]), job: h.run.id().clone(), task: TaskId(task), kind };
+            let before = snapshot(&h.run);
+            match h.run.handle_reply(reply, 0) {
+                Ok(()) => {}
+                Err(ReplyError::Refused { .. }) => {
+                    // The site left the stage; the model and history are untouched.
+                    let after = snapshot(&h.run);
+                    prop_assert_eq!(after.3, before.3);
+                    prop_assert_eq!(after.4, before.4);
+                }
+                Err(_) => prop_assert_eq!(snapshot(&h.run), before),
+            }
+        }
+    }
+}

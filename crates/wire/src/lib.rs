@@ -354,4 +354,49 @@ mod tests {
         }));
         assert!(task_from_wire(t).unwrap_err().to_string().contains("deviations positive"));
     }
+
+    mod fuzz {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            /// Whatever bytes arrive, decoding and conversion return a value or a typed error;
+            /// they never panic.
+            #[test]
+            fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+                if let Ok(r) = <pb::SiteReply as prost::Message>::decode(bytes.as_slice()) {
+                    let _ = reply_from_wire(r);
+                }
+                if let Ok(t) = <pb::Task as prost::Message>::decode(bytes.as_slice()) {
+                    let _ = task_from_wire(t);
+                }
+            }
+
+            /// Well-formed replies with random field values convert or are refused, never panic,
+            /// and what converts round-trips.
+            #[test]
+            fn random_replies_round_trip_or_are_refused(
+                site in "[ -~]{0,70}",
+                job in "[0-9a-fA-F]{60,66}",
+                task in any::<u64>(),
+                delta in prop::collection::vec(any::<f32>(), 0..20),
+                round in any::<u32>(),
+            ) {
+                let wire = pb::SiteReply {
+                    site_id: site,
+                    job_id: job,
+                    task_id: task,
+                    kind: Some(pb::site_reply::Kind::Update(pb::ModelUpdate { round, num_examples: 3, delta, train_loss: 0.5 })),
+                };
+                if let Ok(reply) = reply_from_wire(wire.clone()) {
+                    let back = reply_to_wire(&reply);
+                    prop_assert_eq!(back.site_id, wire.site_id);
+                    prop_assert_eq!(back.task_id, wire.task_id);
+                }
+            }
+        }
+    }
 }
