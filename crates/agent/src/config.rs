@@ -14,6 +14,8 @@ pub enum ConfigError {
     Parse { source_name: String, message: String },
     #[error("field `{field}`: {message}")]
     Invalid { field: String, message: String },
+    #[error("identity key {path}: {message}")]
+    IdentityKey { path: PathBuf, message: String },
 }
 
 /// `[site]`: the site's identity and its coordinator.
@@ -26,6 +28,11 @@ pub struct SiteSection {
     /// The coordinator's URL, e.g. `http://coordinator.example.org:50051`. The agent dials out;
     /// nothing ever connects in.
     pub coordinator: String,
+    /// File holding this site's long-term Ed25519 identity key (PKCS#8), which signs its secure
+    /// aggregation keys each round; created (readable by the owner only) if missing, relative
+    /// to this config file. Without it the agent makes a fresh key at each start.
+    #[serde(default)]
+    pub identity_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -84,10 +91,52 @@ mod tests {
     }
 
     #[test]
+    fn identity_key_is_created_once_and_reloaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("id.pk8");
+        let first = load_or_create_identity(&path).unwrap();
+        let again = load_or_create_identity(&path).unwrap();
+        assert_eq!(first.public_key(), again.public_key());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+        std::fs::write(&path, b"garbage").unwrap();
+        let err = load_or_create_identity(&path).unwrap_err().to_string();
+        assert!(err.contains("id.pk8") && err.contains("not a valid"), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"garbage", "an invalid key file is never overwritten");
+    }
+
+    #[test]
     fn bad_site_id_and_url_are_refused() {
         let text = CLEVELAND.replacen("id = \"cleveland\"", "id = \"clev land\"", 1);
         assert!(AgentConfig::parse(&text, "x").unwrap_err().to_string().contains("site.id"));
         let text = CLEVELAND.replacen("http://", "ftp://", 1);
         assert!(AgentConfig::parse(&text, "x").unwrap_err().to_string().contains("site.coordinator"));
+    }
+}
+
+/// Loads the site's identity key from `path`, or creates it there (mode 0600) if the file does
+/// not exist. A file that exists but is not a valid key is an error, never overwritten.
+pub fn load_or_create_identity(path: &Path) -> Result<fedcare_secagg::IdentityKey, ConfigError> {
+    let err = |message: String| ConfigError::IdentityKey { path: path.to_owned(), message };
+    match std::fs::read(path) {
+        Ok(bytes) => fedcare_secagg::IdentityKey::from_pkcs8(&bytes).map_err(|e| err(format!("not a valid Ed25519 key: {e}"))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = fedcare_secagg::IdentityKey::generate(&mut fedcare_secagg::SystemRng::new()).map_err(|e| err(e.to_string()))?;
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                options.mode(0o600);
+            }
+            let mut file = options.open(path).map_err(|e| err(format!("cannot create: {e}")))?;
+            use std::io::Write;
+            file.write_all(key.pkcs8()).and_then(|()| file.sync_all()).map_err(|e| err(format!("cannot write: {e}")))?;
+            Ok(key)
+        }
+        Err(e) => Err(err(format!("cannot read: {e}"))),
     }
 }

@@ -18,7 +18,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use config::{AgentConfig, ConfigError, SiteSection};
+pub use config::{AgentConfig, ConfigError, SiteSection, load_or_create_identity};
 use fedcare_proto::PROTOCOL_VERSION;
 use fedcare_proto::v1 as pb;
 use fedcare_proto::v1::site_service_client::SiteServiceClient;
@@ -58,10 +58,14 @@ impl Agent {
     /// `base_dir` resolves the relative data path (normally the config file's directory).
     pub fn new(config: AgentConfig, base_dir: PathBuf) -> Result<Agent, AgentError> {
         let site = SiteId::parse(&config.site.id).map_err(|e| ConfigError::Invalid { field: "site.id".into(), message: e })?;
-        // The long-term key that signs this site's secure aggregation keys. It lives as long as
-        // the process; binding it to the site's certificate is the governance issue's work.
-        let identity = fedcare_secagg::IdentityKey::generate(&mut fedcare_secagg::SystemRng::new())
-            .map_err(|e| AgentError::Identity(e.to_string()))?;
+        // The long-term key that signs this site's secure aggregation keys: from its key file if
+        // configured, else fresh for this process. (Binding it to the site's certificate is the
+        // governance issue's work.)
+        let identity = match &config.site.identity_key {
+            Some(path) => config::load_or_create_identity(&base_dir.join(path))?,
+            None => fedcare_secagg::IdentityKey::generate(&mut fedcare_secagg::SystemRng::new())
+                .map_err(|e| AgentError::Identity(e.to_string()))?,
+        };
         let session = SiteSession::new(site.clone(), layout, identity.public_key());
         Ok(Agent {
             site: site.clone(),
