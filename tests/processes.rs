@@ -152,3 +152,51 @@ fn check_reports_the_mapping_for_each_example_site() {
         assert!(stdout.contains(&format!("train {train} ")) && stdout.contains(&format!("test {test} ")), "{stdout}");
     }
 }
+
+#[test]
+fn a_job_cut_short_by_a_coordinator_crash_fails_cleanly_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("coordinator.redb");
+    let start = |port: u16| {
+        Command::new(binary("coordinator"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--state"])
+            .arg(&state)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("coordinator starts")
+    };
+    let wait_up = |url: &str| {
+        let started = Instant::now();
+        loop {
+            let (_, _, err) = run(Command::new(binary("coordinator")).args(["sites", "--coordinator", url]));
+            if !err.contains("cannot reach") {
+                return;
+            }
+            assert!(started.elapsed() < Duration::from_secs(30), "coordinator did not come up: {err}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut procs = Procs(vec![start(port)]);
+    wait_up(&url);
+    // No site is connected, so the job waits in recruiting; then the coordinator is killed.
+    let (ok, stdout, stderr) = run(Command::new(binary("coordinator")).arg("submit").arg(example_dir().join("job.toml")).args(["--coordinator", &url]));
+    assert!(ok, "{stderr}");
+    let job_id = stdout.trim().to_owned();
+    procs.0[0].kill().unwrap(); // SIGKILL: no chance to clean up
+    procs.0[0].wait().unwrap();
+
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    procs.0.push(start(port));
+    wait_up(&url);
+    let (ok, _, stderr) = run(Command::new(binary("coordinator")).args(["watch", &job_id, "--coordinator", &url]));
+    assert!(!ok, "watching an interrupted job reports its failure");
+    assert!(stderr.contains("job FAILED") || stderr.contains("the job failed"), "{stderr}");
+    assert!(stderr.contains("the coordinator stopped while this job was running"), "{stderr}");
+    let (ok, _, stderr) = run(Command::new(binary("coordinator")).args(["fetch", &job_id, "--coordinator", &url, "--out"]).arg(dir.path().join("o")));
+    assert!(!ok && stderr.contains("job failed"), "{stderr}");
+}

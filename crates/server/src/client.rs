@@ -14,14 +14,22 @@ use crate::report::Report;
 pub enum ClientError {
     #[error("cannot reach the coordinator at {url}")]
     Connect { url: String, source: tonic::transport::Error },
+    /// The status is kept for its code; its message is the whole explanation (not a source, so
+    /// reports do not repeat it).
     #[error("the coordinator refused: {}", .0.message())]
-    Rpc(#[from] tonic::Status),
+    Rpc(tonic::Status),
     #[error("the job failed: {0}")]
     JobFailed(String),
     #[error("the event stream ended before the job finished")]
     StreamEnded,
     #[error("the report is not valid JSON: {0}")]
     BadReport(String),
+}
+
+impl From<tonic::Status> for ClientError {
+    fn from(s: tonic::Status) -> Self {
+        ClientError::Rpc(s)
+    }
 }
 
 pub struct AdminClient {

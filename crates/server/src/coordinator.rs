@@ -71,14 +71,47 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
-    pub fn new(store: Store) -> Coordinator {
-        Coordinator {
+    /// A coordinator over `store`. Jobs the store still lists as running were cut short by a
+    /// previous coordinator's crash or shutdown: until jobs can be resumed, they are marked
+    /// failed, durably and with that reason, so nobody waits on them.
+    pub fn new(store: Store) -> Result<Coordinator, fedcare_store::StoreError> {
+        for job in store.jobs()? {
+            if job.status == JobStatus::Running {
+                let reason = "the coordinator stopped while this job was running; resuming jobs is not supported yet, \
+                              submit it again"
+                    .to_owned();
+                warn!(job = %job.job_id, "job was interrupted by a coordinator restart; marked failed");
+                store.set_status(&job.job_id, &JobStatus::Failed { reason: reason.clone() })?;
+                let event = pb::JobEvent {
+                    job_id: job.job_id.clone(),
+                    elapsed_ms: 0,
+                    kind: Some(pb::job_event::Kind::Failed(pb::JobFailed { reason })),
+                };
+                store.append_event(&job.job_id, &event.encode_to_vec())?;
+            }
+        }
+        Ok(Coordinator {
             inner: Arc::new(Inner {
                 store,
                 started: Instant::now(),
                 state: Mutex::new(State { sites: BTreeMap::new(), jobs: BTreeMap::new(), next_conn: 1 }),
             }),
+        })
+    }
+
+    /// The stored (durable) events of a job from an earlier coordinator run, if any.
+    fn stored_events(&self, id: &JobId) -> Result<Option<Vec<pb::JobEvent>>, Status> {
+        let internal = |e: fedcare_store::StoreError| Status::internal(e.to_string());
+        if self.inner.store.job(id.as_str()).map_err(internal)?.is_none() {
+            return Ok(None);
         }
+        let raw = self.inner.store.events(id.as_str()).map_err(internal)?;
+        let events = raw
+            .iter()
+            .map(|b| pb::JobEvent::decode(b.as_slice()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Status::data_loss(format!("a stored event of job {id} does not decode: {e}")))?;
+        Ok(Some(events))
     }
 
     fn now_ms(&self) -> u64 {
@@ -472,7 +505,14 @@ impl pb::admin_service_server::AdminService for AdminApi {
         let id = fedcare_wire::job_id(&request.into_inner().job_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
         info!(job = %id.short(), "watch_job");
         if self.0.events_since(&id, 0).is_none() {
-            return Err(Status::not_found(format!("no job {id} is running or was run since the coordinator started")));
+            // A job from an earlier run of this coordinator: replay what was stored, then end.
+            return match self.0.stored_events(&id)? {
+                Some(events) => {
+                    let items: Vec<Result<pb::JobEvent, Status>> = events.into_iter().map(Ok).collect();
+                    Ok(Response::new(Box::pin(futures::stream::iter(items))))
+                }
+                None => Err(Status::not_found(format!("no job {id} is known to this coordinator"))),
+            };
         }
         let coordinator = self.0.clone();
         // Replay from the start, then follow: each step takes what is new since `next`.

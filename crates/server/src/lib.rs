@@ -35,7 +35,8 @@ pub async fn bind(addr: SocketAddr, state: &Path) -> Result<(TcpListener, Socket
     let store = Store::open(state)?;
     let listener = TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })?;
     let local = listener.local_addr().map_err(|source| ServeError::Bind { addr, source })?;
-    Ok((listener, local, Coordinator::new(store)))
+    let coordinator = Coordinator::new(store)?;
+    Ok((listener, local, coordinator))
 }
 
 /// Serves the site and admin services (and gRPC health) until `shutdown` completes.
