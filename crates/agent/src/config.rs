@@ -70,6 +70,30 @@ impl AgentConfig {
     }
 }
 
+/// Loads the site's identity key from `path`, or creates it there (mode 0600) if the file does
+/// not exist. A file that exists but is not a valid key is an error, never overwritten.
+pub fn load_or_create_identity(path: &Path) -> Result<fedcare_secagg::IdentityKey, ConfigError> {
+    let err = |message: String| ConfigError::IdentityKey { path: path.to_owned(), message };
+    match std::fs::read(path) {
+        Ok(bytes) => fedcare_secagg::IdentityKey::from_pkcs8(&bytes).map_err(|e| err(format!("not a valid Ed25519 key: {e}"))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = fedcare_secagg::IdentityKey::generate(&mut fedcare_secagg::SystemRng::new()).map_err(|e| err(e.to_string()))?;
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                options.mode(0o600);
+            }
+            let mut file = options.open(path).map_err(|e| err(format!("cannot create: {e}")))?;
+            use std::io::Write;
+            file.write_all(key.pkcs8()).and_then(|()| file.sync_all()).map_err(|e| err(format!("cannot write: {e}")))?;
+            Ok(key)
+        }
+        Err(e) => Err(err(format!("cannot read: {e}"))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,29 +138,5 @@ mod tests {
         assert!(AgentConfig::parse(&text, "x").unwrap_err().to_string().contains("site.id"));
         let text = CLEVELAND.replacen("http://", "ftp://", 1);
         assert!(AgentConfig::parse(&text, "x").unwrap_err().to_string().contains("site.coordinator"));
-    }
-}
-
-/// Loads the site's identity key from `path`, or creates it there (mode 0600) if the file does
-/// not exist. A file that exists but is not a valid key is an error, never overwritten.
-pub fn load_or_create_identity(path: &Path) -> Result<fedcare_secagg::IdentityKey, ConfigError> {
-    let err = |message: String| ConfigError::IdentityKey { path: path.to_owned(), message };
-    match std::fs::read(path) {
-        Ok(bytes) => fedcare_secagg::IdentityKey::from_pkcs8(&bytes).map_err(|e| err(format!("not a valid Ed25519 key: {e}"))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let key = fedcare_secagg::IdentityKey::generate(&mut fedcare_secagg::SystemRng::new()).map_err(|e| err(e.to_string()))?;
-            let mut options = std::fs::OpenOptions::new();
-            options.write(true).create_new(true);
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::OpenOptionsExt;
-                options.mode(0o600);
-            }
-            let mut file = options.open(path).map_err(|e| err(format!("cannot create: {e}")))?;
-            use std::io::Write;
-            file.write_all(key.pkcs8()).and_then(|()| file.sync_all()).map_err(|e| err(format!("cannot write: {e}")))?;
-            Ok(key)
-        }
-        Err(e) => Err(err(format!("cannot read: {e}"))),
     }
 }
