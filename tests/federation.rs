@@ -46,6 +46,12 @@ async fn heart_disease_example_reaches_the_accuracy_bar_and_matches_its_saved_mo
         assert_eq!(s.test.as_ref().unwrap().n, test, "{site} test");
     }
     assert_eq!(fed.n, 254);
+    // Every site kept an intact audit log, and the report carries its head hash.
+    assert_eq!(report.site_audit_heads.len(), 4);
+    for (site, head) in &report.site_audit_heads {
+        let log = out.path().join("audit").join(format!("{site}.audit.jsonl"));
+        assert_eq!(fedcare_audit::verify(&log).unwrap().head.as_ref(), Some(head), "{site}");
+    }
     // Switzerland's test split has one class only: its AUC is undefined, not invented.
     let swiss = report.sites.iter().find(|s| s.site == "switzerland").unwrap();
     assert_eq!(swiss.test.as_ref().unwrap().auc, None);

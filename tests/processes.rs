@@ -200,3 +200,24 @@ fn a_job_cut_short_by_a_coordinator_crash_fails_cleanly_after_restart() {
     let (ok, _, stderr) = run(Command::new(binary("coordinator")).args(["fetch", &job_id, "--coordinator", &url, "--out"]).arg(dir.path().join("o")));
     assert!(!ok && stderr.contains("job failed"), "{stderr}");
 }
+
+#[test]
+fn site_agent_audit_verify_names_the_tampered_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("site.audit.jsonl");
+    {
+        let mut log = fedcare_audit::AuditLog::open(&path).unwrap();
+        for i in 0..5 {
+            log.append(fedcare_audit::AuditEvent::Note { text: format!("entry {i}") }, 1_000 + i).unwrap();
+        }
+    }
+    let (ok, stdout, stderr) = run(Command::new(binary("site-agent")).args(["audit", "verify", "--log"]).arg(&path));
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("5 entries, intact") && stdout.contains("head: "), "{stdout}");
+    // Change one character of the third entry (line 3).
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replacen("entry 2", "entry 9", 1)).unwrap();
+    let (ok, _, stderr) = run(Command::new(binary("site-agent")).args(["audit", "verify", "--log"]).arg(&path));
+    assert!(!ok);
+    assert!(stderr.contains("line 3"), "{stderr}");
+}

@@ -50,6 +50,9 @@ impl SiteService for Scripted {
 /// A scripted coordinator with one real site agent (Cleveland's config, reading `data_path`)
 /// connected to it.
 struct Rig {
+    /// The site's audit log (in a temp folder that lives as long as the rig).
+    audit: std::path::PathBuf,
+    _dir: tempfile::TempDir,
     tasks: mpsc::UnboundedSender<Result<pb::Task, Status>>,
     replies: mpsc::UnboundedReceiver<pb::SiteReply>,
     agent: tokio::task::JoinHandle<Result<(), fedcare_agent::AgentError>>,
@@ -70,8 +73,11 @@ impl Rig {
         );
         let (mut cfg, base) = site_config("cleveland", &url);
         cfg.data.path = data_path.to_owned();
+        let dir = tempfile::tempdir().unwrap();
+        let audit = dir.path().join("cleveland.audit.jsonl");
+        cfg.site.audit_log = Some(audit.clone());
         let agent = tokio::spawn(fedcare_agent::Agent::new(cfg, base).unwrap().run(std::future::pending::<()>()));
-        Rig { tasks, replies, agent, server }
+        Rig { audit, _dir: dir, tasks, replies, agent, server }
     }
 
     fn stop(self) {
@@ -121,6 +127,36 @@ async fn drive_site(data_path: &std::path::Path) -> Vec<pb::SiteReply> {
     task_tx.send(Ok(task(Kind::End(pb::JobEnd { success: true, reason: String::new() })))).unwrap();
     // Nothing more arrives after the end.
     assert!(tokio::time::timeout(Duration::from_millis(300), rig.replies.recv()).await.is_err(), "site sent after the job ended");
+    // The site's audit log accounts for exactly what the coordinator received, byte for byte,
+    // and for the job's reception, approval, rounds and end.
+    let entries = fedcare_audit::read_verified(&rig.audit).expect("the site's audit log verifies");
+    let logged: Vec<(String, u64)> = entries
+        .iter()
+        .filter_map(|e| match &e.event {
+            fedcare_audit::AuditEvent::PayloadSent { sha256, bytes, .. } => Some((sha256.clone(), *bytes)),
+            _ => None,
+        })
+        .collect();
+    let received: Vec<(String, u64)> = sent
+        .iter()
+        .map(|r| {
+            let b = prost::Message::encode_to_vec(r);
+            (fedcare_audit::sha256_hex(&b), b.len() as u64)
+        })
+        .collect();
+    assert_eq!(logged, received, "audit log and wire disagree");
+    let kinds: Vec<&str> = entries
+        .iter()
+        .map(|e| match &e.event {
+            fedcare_audit::AuditEvent::JobReceived { .. } => "received",
+            fedcare_audit::AuditEvent::JobApproved { .. } => "approved",
+            fedcare_audit::AuditEvent::RoundJoined { .. } => "round",
+            fedcare_audit::AuditEvent::JobEnded { .. } => "ended",
+            _ => "payload",
+        })
+        .filter(|k| *k != "payload")
+        .collect();
+    assert_eq!(kinds, ["received", "approved", "round", "round", "ended"]);
     rig.stop();
     sent
 }

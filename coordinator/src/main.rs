@@ -253,9 +253,10 @@ async fn run(cli: Cli) -> Result<()> {
             println!("\nheld-out evaluation of the final model (job {}):\n", &result.report.job_id[..12]);
             print!("{}", result.report.table());
             println!(
-                "\nmodel:  {}\nreport: {}\nwall time: {:.2} s",
+                "\nmodel:  {}\nreport: {}\naudit:  {} (one hash-chained log per site; `site-agent audit verify --log FILE`)\nwall time: {:.2} s",
                 result.model_path.display(),
                 result.report_path.display(),
+                opts.out_dir.join("audit").display(),
                 result.wall.as_secs_f64()
             );
         }

@@ -45,6 +45,11 @@ enum Command {
         #[arg(long)]
         coordinator: Option<String>,
     },
+    /// The site's audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Map this site's file onto a job's schema and print what would be used. Sends nothing.
     Check {
         #[arg(long)]
@@ -52,6 +57,22 @@ enum Command {
         /// The job spec (TOML).
         #[arg(long)]
         job: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain of an audit log; names the first tampered, missing or reordered
+    /// entry. Prints the number of entries and the head hash (to record elsewhere).
+    Verify {
+        /// The audit log file ([site].audit_log in the site's config).
+        #[arg(long)]
+        log: PathBuf,
+    },
+    /// Print the entries of a verified audit log, one line each.
+    Show {
+        #[arg(long)]
+        log: PathBuf,
     },
 }
 
@@ -96,6 +117,17 @@ async fn run(cli: Cli) -> Result<()> {
             }
             let agent = Agent::new(cfg, base)?;
             agent.run(shutdown_signal()).await.context("site agent stopped")?;
+        }
+        Command::Audit { command: AuditCommand::Verify { log } } => {
+            let report = fedcare_audit::verify(&log).with_context(|| format!("audit log {} does not verify", log.display()))?;
+            println!("{}: {} entries, intact", log.display(), report.entries);
+            println!("head: {}", report.head.as_deref().unwrap_or("(empty log)"));
+        }
+        Command::Audit { command: AuditCommand::Show { log } } => {
+            let entries = fedcare_audit::read_verified(&log).with_context(|| format!("audit log {} does not verify", log.display()))?;
+            for e in entries {
+                println!("{:>6} {} {}", e.seq, e.time_unix_ms, serde_json::to_string(&e.event).unwrap_or_default());
+            }
         }
         Command::Check { config, job } => {
             let (cfg, base) = AgentConfig::load(&config)?;

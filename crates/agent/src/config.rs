@@ -33,6 +33,12 @@ pub struct SiteSection {
     /// to this config file. Without it the agent makes a fresh key at each start.
     #[serde(default)]
     pub identity_key: Option<PathBuf>,
+    /// This site's tamper-evident audit log (JSON Lines, hash-chained; `site-agent audit
+    /// verify` checks it), relative to this config file. Every job received, decision, round
+    /// joined, and the hash and size of every payload received and sent is recorded, durably,
+    /// before the agent acts on it.
+    #[serde(default)]
+    pub audit_log: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

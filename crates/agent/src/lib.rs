@@ -22,7 +22,9 @@ pub use config::{AgentConfig, ConfigError, SiteSection, load_or_create_identity}
 use fedcare_proto::PROTOCOL_VERSION;
 use fedcare_proto::v1 as pb;
 use fedcare_proto::v1::site_service_client::SiteServiceClient;
-use fedcare_protocol::{SiteId, SiteSession};
+use fedcare_audit::AuditEvent;
+use fedcare_protocol::{ReplyKind, SiteId, SiteSession, Work};
+use prost::Message;
 use futures::StreamExt;
 use tonic::transport::Channel;
 use tracing::{info, info_span, warn, Instrument};
@@ -37,10 +39,13 @@ pub enum AgentError {
     Refused(String),
     #[error("cannot create the site's identity key: {0}")]
     Identity(String),
+    #[error("the site's audit log: {0}")]
+    Audit(String),
 }
 
 /// A running site agent.
 pub struct Agent {
+    audit: Option<fedcare_audit::AuditLog>,
     site: SiteId,
     coordinator: String,
     identity_public_key: Vec<u8>,
@@ -52,6 +57,8 @@ pub struct Agent {
 enum Ended {
     Shutdown,
     Lost(String),
+    /// The audit log could not be written: the agent stops rather than act unrecorded.
+    Fatal(String),
 }
 
 impl Agent {
@@ -67,7 +74,15 @@ impl Agent {
                 .map_err(|e| AgentError::Identity(e.to_string()))?,
         };
         let session = SiteSession::new(site.clone(), layout, identity.public_key());
+        let audit = match &config.site.audit_log {
+            Some(path) => Some(fedcare_audit::AuditLog::open(base_dir.join(path)).map_err(|e| AgentError::Audit(e.to_string()))?),
+            None => {
+                tracing::warn!(site = %site, "no audit log configured ([site].audit_log): what this site sends is not recorded");
+                None
+            }
+        };
         Ok(Agent {
+            audit,
             site: site.clone(),
             coordinator: config.site.coordinator.clone(),
             identity_public_key: identity.public_key(),
@@ -101,6 +116,7 @@ impl Agent {
             };
             match result {
                 Ok(Ended::Shutdown) => return Ok(()),
+                Ok(Ended::Fatal(why)) => return Err(AgentError::Audit(why)),
                 Ok(Ended::Lost(why)) | Err(why) => {
                     if let Some(refusal) = why.strip_prefix("refused: ") {
                         return Err(AgentError::Refused(refusal.to_owned()));
@@ -138,6 +154,19 @@ impl Agent {
                 Ok(t) => t,
                 Err(s) => return Ok(Ended::Lost(format!("stream error: {}", s.message()))),
             };
+            let received = task.encode_to_vec();
+            let round = task_round(&task);
+            let kind_name = task.kind.as_ref().map_or("unknown", wire_task_kind);
+            let event = AuditEvent::PayloadReceived {
+                job_id: task.job_id.clone(),
+                round,
+                kind: kind_name.to_owned(),
+                sha256: fedcare_audit::sha256_hex(&received),
+                bytes: received.len() as u64,
+            };
+            if let Err(e) = self.record(event) {
+                return Ok(Ended::Fatal(e));
+            }
             let task = match fedcare_wire::task_from_wire(task) {
                 Ok(t) => t,
                 Err(e) => {
@@ -154,7 +183,33 @@ impl Agent {
                     continue;
                 }
             };
+            let event = match &work {
+                Work::Decide { spec, .. } => Some(AuditEvent::JobReceived { job_id: job.to_string(), job_name: spec.name.clone() }),
+                Work::Train { round, .. } => Some(AuditEvent::RoundJoined { job_id: job.to_string(), round: *round }),
+                Work::Ended { success, reason, .. } => {
+                    Some(AuditEvent::JobEnded { job_id: job.to_string(), success: *success, reason: reason.clone() })
+                }
+                _ => None,
+            };
+            if let Some(event) = event {
+                if let Err(e) = self.record(event) {
+                    return Ok(Ended::Fatal(e));
+                }
+            }
             let Some(reply_kind) = self.work.perform(work).instrument(span.clone()).await else { continue };
+            let decision = match &reply_kind {
+                ReplyKind::Decision { accept: true, .. } => Some(AuditEvent::JobApproved {
+                    job_id: job.to_string(),
+                    by: "automatic: this site's data maps onto the job's schema".into(),
+                }),
+                ReplyKind::Decision { accept: false, reason } => Some(AuditEvent::JobRefused { job_id: job.to_string(), reason: reason.clone() }),
+                _ => None,
+            };
+            if let Some(event) = decision {
+                if let Err(e) = self.record(event) {
+                    return Ok(Ended::Fatal(e));
+                }
+            }
             let reply = match self.session.reply(&job, task_id, reply_kind) {
                 Ok(r) => r,
                 Err(e) => {
@@ -162,11 +217,76 @@ impl Agent {
                     continue;
                 }
             };
-            if let Err(s) = client.submit(fedcare_wire::reply_to_wire(&reply)).await {
+            // What leaves the site is recorded, durably, before it is sent.
+            let wire = fedcare_wire::reply_to_wire(&reply);
+            let sent = wire.encode_to_vec();
+            let event = AuditEvent::PayloadSent {
+                job_id: job.to_string(),
+                round: reply_round(&reply.kind),
+                kind: reply.kind.name().to_owned(),
+                sha256: fedcare_audit::sha256_hex(&sent),
+                bytes: sent.len() as u64,
+            };
+            if let Err(e) = self.record(event) {
+                return Ok(Ended::Fatal(e));
+            }
+            if let Err(s) = client.submit(wire).await {
                 warn!(parent: &span, code = ?s.code(), message = s.message(), "coordinator refused the reply");
             }
         }
         Ok(Ended::Lost("the coordinator closed the work stream".into()))
+    }
+}
+
+impl Agent {
+    /// Appends to the audit log (fsync'd) if one is configured.
+    fn record(&mut self, event: AuditEvent) -> Result<(), String> {
+        let Some(log) = self.audit.as_mut() else { return Ok(()) };
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        log.append(event, now).map(|_| ()).map_err(|e| {
+            tracing::error!(error = %e, "cannot write the audit log; stopping rather than act unrecorded");
+            e.to_string()
+        })
+    }
+}
+
+/// The round a wire task belongs to, if any.
+fn task_round(t: &pb::Task) -> Option<u32> {
+    use pb::task::Kind;
+    match t.kind.as_ref()? {
+        Kind::Train(x) => Some(x.round),
+        Kind::Eval(x) => Some(x.round),
+        Kind::ShareKeys(x) => Some(x.round),
+        Kind::Mask(x) => Some(x.round),
+        Kind::Unmask(x) => Some(x.round),
+        Kind::Offer(_) | Kind::Stats(_) | Kind::End(_) => None,
+    }
+}
+
+fn wire_task_kind(k: &pb::task::Kind) -> &'static str {
+    use pb::task::Kind;
+    match k {
+        Kind::Offer(_) => "offer",
+        Kind::Stats(_) => "stats",
+        Kind::Train(_) => "train",
+        Kind::Eval(_) => "eval",
+        Kind::End(_) => "end",
+        Kind::ShareKeys(_) => "share-keys",
+        Kind::Mask(_) => "mask",
+        Kind::Unmask(_) => "unmask",
+    }
+}
+
+/// The round a reply belongs to, if any.
+fn reply_round(k: &ReplyKind) -> Option<u32> {
+    match k {
+        ReplyKind::Update(u) => Some(u.round),
+        ReplyKind::Evaluation(e) => Some(e.round),
+        ReplyKind::Keys { round, .. }
+        | ReplyKind::Shares { round, .. }
+        | ReplyKind::Masked { round, .. }
+        | ReplyKind::Unmasked { round, .. } => Some(*round),
+        ReplyKind::Decision { .. } | ReplyKind::Stats(_) | ReplyKind::Failed { .. } => None,
     }
 }
 

@@ -83,6 +83,10 @@ pub struct Report {
     pub federated: Option<Metrics>,
     pub scaling: Scaling,
     pub pooled_reference: Option<PooledReference>,
+    /// Each site's audit log head hash at the end of the job, where known (in simulation the
+    /// logs are local; otherwise sites export theirs).
+    #[serde(default)]
+    pub site_audit_heads: BTreeMap<String, String>,
 }
 
 impl Report {
@@ -128,6 +132,7 @@ impl Report {
                 std: outcome.standardization.std.clone(),
             },
             pooled_reference: None,
+            site_audit_heads: BTreeMap::new(),
         }
     }
 

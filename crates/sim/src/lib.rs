@@ -35,6 +35,8 @@ pub enum SimError {
     Client(#[from] fedcare_server::client::ClientError),
     #[error("pooled reference: {0}")]
     Pooled(String),
+    #[error("audit log: {0}")]
+    Audit(String),
     #[error("only {connected} of {expected} sites connected within {waited:?}")]
     SitesMissing { connected: usize, expected: usize, waited: Duration },
     #[error("cannot write {path}")]
@@ -126,10 +128,18 @@ pub async fn run(opts: &SimOptions, mut progress: impl FnMut(&Line)) -> Result<S
     let url = format!("http://{addr}");
     note(&mut progress, format!("coordinator on {url}; starting {} site agents", sites.len()));
 
+    let audit_dir = opts.out_dir.join("audit");
+    // A fresh simulation starts fresh audit logs.
+    let _ = std::fs::remove_dir_all(&audit_dir);
+    std::fs::create_dir_all(&audit_dir).map_err(|source| SimError::Write { path: audit_dir.clone(), source })?;
     let mut agents = Vec::new();
     let mut site_data = Vec::new();
+    let mut audit_logs = Vec::new();
     for (mut cfg, base) in sites {
         cfg.site.coordinator = url.clone();
+        let log = audit_dir.join(format!("{}.audit.jsonl", cfg.site.id));
+        audit_logs.push((cfg.site.id.clone(), log.clone()));
+        cfg.site.audit_log = Some(log);
         site_data.push((cfg.data.clone(), base.clone()));
         let agent = Agent::new(cfg, base)?;
         agents.push(tokio::spawn(agent.run(stopped(stop_rx.clone()))));
@@ -152,6 +162,12 @@ pub async fn run(opts: &SimOptions, mut progress: impl FnMut(&Line)) -> Result<S
     }
     let _ = server.await;
     let (model, mut report) = result?;
+    for (site, log) in &audit_logs {
+        let verified = fedcare_audit::verify(log).map_err(|e| SimError::Audit(format!("{}: {e}", log.display())))?;
+        if let Some(head) = verified.head {
+            report.site_audit_heads.insert(site.clone(), head);
+        }
+    }
 
     if opts.pooled_reference {
         note(&mut progress, "training the pooled reference (central model on the union of the training splits)".into());
