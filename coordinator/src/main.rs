@@ -25,16 +25,10 @@ Separate processes:
   coordinator submit examples/heart-disease/job.toml --watch --out out/")]
 struct Cli {
     /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
+    #[arg(long, global = true, value_enum, default_value_t = fedcare_cli::LogFormat::Text)]
+    log_format: fedcare_cli::LogFormat,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Subcommand)]
@@ -171,15 +165,6 @@ fn privacy_plan(noise: Option<f64>, target: Option<f64>, q: f64, steps: u64, del
     Ok(())
 }
 
-fn init_logging(format: LogFormat, default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
 /// Resolves the example folder: as given, or inside the source tree this binary was built from
 /// (so `coordinator simulate` works from any directory of a clone).
 fn example_dir(given: &Path) -> PathBuf {
@@ -188,13 +173,6 @@ fn example_dir(given: &Path) -> PathBuf {
     }
     let in_tree = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(given);
     if in_tree.exists() { in_tree } else { given.to_owned() }
-}
-
-async fn shutdown_signal() {
-    // If the signal handler cannot be installed, run until killed.
-    if tokio::signal::ctrl_c().await.is_err() {
-        std::future::pending::<()>().await;
-    }
 }
 
 fn write_outputs(out: &Path, model: &[u8], report: &fedcare_server::report::Report) -> Result<()> {
@@ -211,34 +189,19 @@ fn serde_json_pretty(report: &fedcare_server::report::Report) -> Result<String> 
     fedcare_server::report::to_json(report).context("cannot encode the report")
 }
 
-/// Reports an error as one readable chain ("what failed: because: because"), without a
-/// backtrace, and exits non-zero.
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(cli)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    fedcare_cli::run_main(run(cli))
 }
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve { listen, state } => {
-            init_logging(cli.log_format, "info");
-            fedcare_server::serve(listen, &state, shutdown_signal()).await.context("coordinator stopped")?;
+            fedcare_cli::init_logging(cli.log_format, "info");
+            fedcare_server::serve(listen, &state, fedcare_cli::shutdown_signal()).await.context("coordinator stopped")?;
         }
         Command::Simulate { example, rounds, out, no_pooled_reference, no_secure_aggregation } => {
-            init_logging(cli.log_format, "warn");
+            fedcare_cli::init_logging(cli.log_format, "warn");
             let opts = fedcare_sim::SimOptions {
                 example_dir: example_dir(&example),
                 rounds,
@@ -261,7 +224,7 @@ async fn run(cli: Cli) -> Result<()> {
             );
         }
         Command::Submit { job, coordinator, watch, out } => {
-            init_logging(cli.log_format, "warn");
+            fedcare_cli::init_logging(cli.log_format, "warn");
             let text = std::fs::read_to_string(&job).with_context(|| format!("cannot read {}", job.display()))?;
             // Check locally first, so a typo is reported with this file's name and position.
             let spec = fedcare_job::JobSpec::from_toml(&text, &job.display().to_string())?;
@@ -280,14 +243,14 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Watch { job_id, coordinator } => {
-            init_logging(cli.log_format, "warn");
+            fedcare_cli::init_logging(cli.log_format, "warn");
             let mut admin = AdminClient::connect(&coordinator).await?;
             let mut printer = ProgressPrinter::default();
             let report = admin.watch(&job_id, |e| if let Some(l) = describe(e, 0) { printer.print(&l) }).await?;
             print!("{}", report.table());
         }
         Command::Sites { coordinator } => {
-            init_logging(cli.log_format, "warn");
+            fedcare_cli::init_logging(cli.log_format, "warn");
             let mut admin = AdminClient::connect(&coordinator).await?;
             let sites = admin.sites().await?;
             if sites.is_empty() {
@@ -302,7 +265,7 @@ async fn run(cli: Cli) -> Result<()> {
             privacy_plan(noise_multiplier, target_epsilon, sampling_rate, steps, delta, output)?;
         }
         Command::Fetch { job_id, coordinator, out } => {
-            init_logging(cli.log_format, "warn");
+            fedcare_cli::init_logging(cli.log_format, "warn");
             let mut admin = AdminClient::connect(&coordinator).await?;
             let (model, report) = admin.fetch(&job_id).await?;
             print!("{}", report.table());

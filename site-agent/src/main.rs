@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use fedcare_agent::{Agent, AgentConfig};
 
 #[derive(Parser)]
@@ -22,16 +22,10 @@ Run:
   site-agent run --config site.toml")]
 struct Cli {
     /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
+    #[arg(long, global = true, value_enum, default_value_t = fedcare_cli::LogFormat::Text)]
+    log_format: fedcare_cli::LogFormat,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Subcommand)]
@@ -76,39 +70,13 @@ enum AuditCommand {
     },
 }
 
-async fn shutdown_signal() {
-    if tokio::signal::ctrl_c().await.is_err() {
-        std::future::pending::<()>().await;
-    }
-}
-
-/// Reports an error as one readable chain ("what failed: because: because"), without a
-/// backtrace, and exits non-zero.
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(cli)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    fedcare_cli::run_main(run(cli))
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match cli.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    fedcare_cli::init_logging(cli.log_format, "info");
     match cli.command {
         Command::Run { config, coordinator } => {
             let (mut cfg, base) = AgentConfig::load(&config)?;
@@ -116,7 +84,7 @@ async fn run(cli: Cli) -> Result<()> {
                 cfg.site.coordinator = url;
             }
             let agent = Agent::new(cfg, base)?;
-            agent.run(shutdown_signal()).await.context("site agent stopped")?;
+            agent.run(fedcare_cli::shutdown_signal()).await.context("site agent stopped")?;
         }
         Command::Audit { command: AuditCommand::Verify { log } } => {
             let report = fedcare_audit::verify(&log).with_context(|| format!("audit log {} does not verify", log.display()))?;

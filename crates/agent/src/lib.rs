@@ -191,11 +191,10 @@ impl Agent {
                 }
                 _ => None,
             };
-            if let Some(event) = event {
-                if let Err(e) = self.record(event) {
+            if let Some(event) = event
+                && let Err(e) = self.record(event) {
                     return Ok(Ended::Fatal(e));
                 }
-            }
             let Some(reply_kind) = self.work.perform(work).instrument(span.clone()).await else { continue };
             let decision = match &reply_kind {
                 ReplyKind::Decision { accept: true, .. } => Some(AuditEvent::JobApproved {
@@ -205,11 +204,10 @@ impl Agent {
                 ReplyKind::Decision { accept: false, reason } => Some(AuditEvent::JobRefused { job_id: job.to_string(), reason: reason.clone() }),
                 _ => None,
             };
-            if let Some(event) = decision {
-                if let Err(e) = self.record(event) {
+            if let Some(event) = decision
+                && let Err(e) = self.record(event) {
                     return Ok(Ended::Fatal(e));
                 }
-            }
             let reply = match self.session.reply(&job, task_id, reply_kind) {
                 Ok(r) => r,
                 Err(e) => {

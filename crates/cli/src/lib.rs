@@ -1,0 +1,49 @@
+//! What the `coordinator` and `site-agent` binaries share, so each stays a thin argument
+//! parser: running an async main that reports failure as one readable sentence (no backtrace)
+//! and a non-zero exit code, log setup (text or JSON on stderr), and waiting for Ctrl-C.
+
+use std::future::Future;
+use std::process::ExitCode;
+
+/// Log format on stderr.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logs to stderr in `format`, at `default` level unless `RUST_LOG` says otherwise.
+pub fn init_logging(format: LogFormat, default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Runs `main` on a multi-threaded runtime. An error is printed as its chain of causes on one
+/// line ("what failed: because: because") for a hospital IT person, not a developer.
+pub fn run_main<F: Future<Output = anyhow::Result<()>>>(main: F) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(main) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Completes on Ctrl-C; if the handler cannot be installed, never (run until killed).
+pub async fn shutdown_signal() {
+    if tokio::signal::ctrl_c().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
