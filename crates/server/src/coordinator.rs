@@ -282,8 +282,10 @@ impl Coordinator {
                         _ => {}
                     }
                     if let JobEvent::RoundDone(record) = &event {
-                        let json = serde_json::to_string(record).unwrap_or_default();
-                        if let Err(e) = self.inner.store.put_round(id.as_str(), record.round, job.run.model(), &json) {
+                        let stored = serde_json::to_string(record)
+                            .map_err(|e| e.to_string())
+                            .and_then(|json| self.inner.store.put_round(id.as_str(), record.round, job.run.model(), &json).map_err(|e| e.to_string()));
+                        if let Err(e) = stored {
                             warn!(error = %e, round = record.round, "could not persist the round");
                         }
                     }

@@ -35,6 +35,8 @@ pub enum SimError {
     Client(#[from] fedcare_server::client::ClientError),
     #[error("pooled reference: {0}")]
     Pooled(String),
+    #[error("{0}")]
+    Spec(String),
     #[error("audit log: {0}")]
     Audit(String),
     #[error("only {connected} of {expected} sites connected within {waited:?}")]
@@ -86,12 +88,8 @@ pub fn job_text(example_dir: &Path, rounds: Option<u32>, secure_aggregation: Opt
         spec.secure_aggregation.enabled = on;
     }
     spec.validate(&path.display().to_string())?;
-    Ok((toml_of(&spec), spec))
-}
-
-fn toml_of(spec: &JobSpec) -> String {
-    // The spec was just parsed from TOML, so it serialises back.
-    toml::to_string(spec).unwrap_or_default()
+    let text = toml::to_string(&spec).map_err(|e| SimError::Spec(format!("cannot write the edited job spec as TOML: {e}")))?;
+    Ok((text, spec))
 }
 
 /// The site configs in `example_dir/sites`, sorted by file name.
