@@ -24,9 +24,8 @@ Separate processes:
   site-agent run --config examples/heart-disease/sites/cleveland.toml   (one per site)
   coordinator submit examples/heart-disease/job.toml --watch --out out/")]
 struct Cli {
-    /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value_t = fedcare_cli::LogFormat::Text)]
-    log_format: fedcare_cli::LogFormat,
+    #[command(flatten)]
+    global: fedcare_cli::GlobalArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -197,11 +196,11 @@ fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve { listen, state } => {
-            fedcare_cli::init_logging(cli.log_format, "info");
+            fedcare_cli::init_logging(cli.global.log_format, "info");
             fedcare_server::serve(listen, &state, fedcare_cli::shutdown_signal()).await.context("coordinator stopped")?;
         }
         Command::Simulate { example, rounds, out, no_pooled_reference, no_secure_aggregation } => {
-            fedcare_cli::init_logging(cli.log_format, "warn");
+            fedcare_cli::init_logging(cli.global.log_format, "warn");
             let opts = fedcare_sim::SimOptions {
                 example_dir: example_dir(&example),
                 rounds,
@@ -224,7 +223,7 @@ async fn run(cli: Cli) -> Result<()> {
             );
         }
         Command::Submit { job, coordinator, watch, out } => {
-            fedcare_cli::init_logging(cli.log_format, "warn");
+            fedcare_cli::init_logging(cli.global.log_format, "warn");
             let text = std::fs::read_to_string(&job).with_context(|| format!("cannot read {}", job.display()))?;
             // Check locally first, so a typo is reported with this file's name and position.
             let spec = fedcare_job::JobSpec::from_toml(&text, &job.display().to_string())?;
@@ -243,14 +242,14 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Watch { job_id, coordinator } => {
-            fedcare_cli::init_logging(cli.log_format, "warn");
+            fedcare_cli::init_logging(cli.global.log_format, "warn");
             let mut admin = AdminClient::connect(&coordinator).await?;
             let mut printer = ProgressPrinter::default();
             let report = admin.watch(&job_id, |e| if let Some(l) = describe(e, 0) { printer.print(&l) }).await?;
             print!("{}", report.table());
         }
         Command::Sites { coordinator } => {
-            fedcare_cli::init_logging(cli.log_format, "warn");
+            fedcare_cli::init_logging(cli.global.log_format, "warn");
             let mut admin = AdminClient::connect(&coordinator).await?;
             let sites = admin.sites().await?;
             if sites.is_empty() {
@@ -265,7 +264,7 @@ async fn run(cli: Cli) -> Result<()> {
             privacy_plan(noise_multiplier, target_epsilon, sampling_rate, steps, delta, output)?;
         }
         Command::Fetch { job_id, coordinator, out } => {
-            fedcare_cli::init_logging(cli.log_format, "warn");
+            fedcare_cli::init_logging(cli.global.log_format, "warn");
             let mut admin = AdminClient::connect(&coordinator).await?;
             let (model, report) = admin.fetch(&job_id).await?;
             print!("{}", report.table());

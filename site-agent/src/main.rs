@@ -21,9 +21,8 @@ Check that this site's file maps onto a job before joining:
 Run:
   site-agent run --config site.toml")]
 struct Cli {
-    /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value_t = fedcare_cli::LogFormat::Text)]
-    log_format: fedcare_cli::LogFormat,
+    #[command(flatten)]
+    global: fedcare_cli::GlobalArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -76,7 +75,7 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    fedcare_cli::init_logging(cli.log_format, "info");
+    fedcare_cli::init_logging(cli.global.log_format, "info");
     match cli.command {
         Command::Run { config, coordinator } => {
             let (mut cfg, base) = AgentConfig::load(&config)?;

@@ -12,6 +12,14 @@ pub enum LogFormat {
     Json,
 }
 
+/// The options every binary takes: `#[command(flatten)]` them into its `Cli`.
+#[derive(Clone, Copy, Debug, clap::Args)]
+pub struct GlobalArgs {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
 /// Logs to stderr in `format`, at `default` level unless `RUST_LOG` says otherwise.
 pub fn init_logging(format: LogFormat, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
