@@ -19,6 +19,7 @@ async fn simulate(secure: bool, rounds: u32) -> (fedcare_server::report::Report,
         out_dir: out.path().to_owned(),
         pooled_reference: false,
         secure_aggregation: Some(secure),
+        privacy: fedcare_sim::PrivacyOverride::Off,
     };
     let result = fedcare_sim::run(&opts, |_| {}).await.expect("simulation runs");
     let spec = &result.report.spec;
@@ -67,6 +68,8 @@ async fn tapped_run(secure: bool) -> (fedcare_server::report::Report, Vec<u8>) {
     let (text, _) = job(|s| {
         s.rounds = 1;
         s.secure_aggregation.enabled = secure;
+        // Without DP noise, so the test can recompute Cleveland's exact update.
+        s.privacy = fedcare_job::PrivacySpec::none();
     });
     let mut admin = fedcare_server::client::AdminClient::connect(&coordinator.url).await.unwrap();
     let id = admin.submit(&text).await.unwrap();

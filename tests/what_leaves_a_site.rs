@@ -113,7 +113,14 @@ async fn drive_site(data_path: &std::path::Path) -> Vec<pb::SiteReply> {
     assert!(matches!(decision.kind, Some(pb::site_reply::Kind::Decision(pb::JobDecision { accept: true, .. }))), "{decision:?}");
     let stats = ask(task(Kind::Stats(pb::StatsTask {}))).await;
     let Some(pb::site_reply::Kind::Stats(s)) = stats.kind else { panic!("stats expected") };
-    let std = Standardization::from_sums(&FeatureSums { count: s.count, sum: s.sum, sum_sq: s.sum_sq }).unwrap();
+    // The example job asks for record-level DP: the sums are noised, so the coordinator's
+    // robust form is used, as in `JobRun`.
+    let sums = FeatureSums { count: s.count, sum: s.sum, sum_sq: s.sum_sq };
+    let std = match fedcare_job::privacy::encoded_bounds(&spec) {
+        Some(bounds) => Standardization::from_noisy_sums(&sums, &bounds),
+        None => Standardization::from_sums(&sums),
+    }
+    .unwrap();
     let std = pb::Standardization { mean: std.mean, std: std.std };
     let layout = fedcare_models::layout(&spec.model, spec.n_features());
     let mut model = fedcare_models::init(&spec.model, spec.n_features(), spec.seed).values;
@@ -221,8 +228,18 @@ async fn a_site_sends_only_fixed_size_aggregates_whatever_its_records() {
         Some(pb::site_reply::Kind::Update(u)) => u.num_examples,
         _ => unreachable!(),
     };
-    assert_eq!(n_examples(&from_full), 199);
-    assert!(n_examples(&from_small) < 60);
+    // Under the example's record-level DP the example count a site sends is the count it
+    // released, noised, in the statistics step (never its exact row count): equal to that
+    // release, and within 6 noise standard deviations of the truth (std = 4 sqrt(1 + 2w)).
+    let stats_count = |msgs: &[pb::SiteReply]| match &msgs[1].kind {
+        Some(pb::site_reply::Kind::Stats(s)) => s.count[0],
+        _ => unreachable!(),
+    };
+    let sd = 4.0 * ((1 + 2 * width) as f64).sqrt();
+    for (msgs, truth) in [(&from_full, 199.0), (&from_small, 39.0)] {
+        assert_eq!(n_examples(msgs), stats_count(msgs));
+        assert!((n_examples(msgs) as f64 - truth).abs() < 6.0 * sd, "{} vs {truth}", n_examples(msgs));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

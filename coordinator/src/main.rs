@@ -59,6 +59,12 @@ enum Command {
         /// Turn secure aggregation off (the coordinator then sees each site's update).
         #[arg(long)]
         no_secure_aggregation: bool,
+        /// Override the job's target epsilon (same mechanism and unit).
+        #[arg(long, conflicts_with = "no_privacy")]
+        epsilon: Option<f64>,
+        /// Run without differential privacy (privacy.unit = "none"), e.g. to compare.
+        #[arg(long)]
+        no_privacy: bool,
     },
     /// Submit a job spec to a running coordinator.
     Submit {
@@ -199,7 +205,7 @@ async fn run(cli: Cli) -> Result<()> {
             fedcare_cli::init_logging(cli.global.log_format, "info");
             fedcare_server::serve(listen, &state, fedcare_cli::shutdown_signal()).await.context("coordinator stopped")?;
         }
-        Command::Simulate { example, rounds, out, no_pooled_reference, no_secure_aggregation } => {
+        Command::Simulate { example, rounds, out, no_pooled_reference, no_secure_aggregation, epsilon, no_privacy } => {
             fedcare_cli::init_logging(cli.global.log_format, "warn");
             let opts = fedcare_sim::SimOptions {
                 example_dir: example_dir(&example),
@@ -207,6 +213,11 @@ async fn run(cli: Cli) -> Result<()> {
                 out_dir: out,
                 pooled_reference: !no_pooled_reference,
                 secure_aggregation: no_secure_aggregation.then_some(false),
+                privacy: match (epsilon, no_privacy) {
+                    (Some(e), _) => fedcare_sim::PrivacyOverride::TargetEpsilon(e),
+                    (None, true) => fedcare_sim::PrivacyOverride::Off,
+                    (None, false) => fedcare_sim::PrivacyOverride::AsSpecified,
+                },
             };
             let mut printer = ProgressPrinter::default();
             let result = fedcare_sim::run(&opts, |line| printer.print(line))

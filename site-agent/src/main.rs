@@ -19,7 +19,9 @@ updates and aggregate evaluation counts.
 Check that this site's file maps onto a job before joining:
   site-agent check --config site.toml --job job.toml
 Run:
-  site-agent run --config site.toml")]
+  site-agent run --config site.toml
+Show what this site has spent of its privacy budget:
+  site-agent ledger --config site.toml")]
 struct Cli {
     #[command(flatten)]
     global: fedcare_cli::GlobalArgs,
@@ -43,6 +45,20 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Show this site's privacy ledger: epsilon spent per job, per round and in total, and
+    /// the site's caps. Reads the ledger only (safe while the agent runs).
+    #[command(after_help = "Examples:\n  site-agent ledger --config site.toml\n  site-agent ledger --config site.toml --output json")]
+    Ledger {
+        /// The site's config ([privacy].ledger names the ledger file).
+        #[arg(long, required_unless_present = "file")]
+        config: Option<PathBuf>,
+        /// A ledger file, instead of the one the config names.
+        #[arg(long, conflicts_with = "config")]
+        file: Option<PathBuf>,
+        /// `text` (a table) or `json` (for scripts).
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
     /// Map this site's file onto a job's schema and print what would be used. Sends nothing.
     Check {
         #[arg(long)]
@@ -51,6 +67,12 @@ enum Command {
         #[arg(long)]
         job: PathBuf,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Output {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -96,6 +118,36 @@ async fn run(cli: Cli) -> Result<()> {
                 println!("{:>6} {} {}", e.seq, e.time_unix_ms, serde_json::to_string(&e.event).unwrap_or_default());
             }
         }
+        Command::Ledger { config, file, output } => {
+            let (path, caps) = match (file, config) {
+                (Some(file), _) => (file, None),
+                (None, Some(config)) => {
+                    let (cfg, base) = AgentConfig::load(&config)?;
+                    let p = cfg.privacy.with_context(|| format!("{} has no [privacy] section, so this site keeps no ledger", config.display()))?;
+                    (base.join(&p.ledger), Some((p.max_epsilon_per_job, p.max_epsilon_total)))
+                }
+                (None, None) => anyhow::bail!("give --config or --file"),
+            };
+            if !path.exists() {
+                anyhow::bail!("no ledger at {}: this site has spent nothing yet (the agent creates it on start)", path.display());
+            }
+            let ledger = fedcare_ledger::Ledger::open_read_only(&path).with_context(|| format!("cannot read the ledger {}", path.display()))?;
+            match output {
+                Output::Json => {
+                    let mut v = ledger.to_json();
+                    if let (Some((job, total)), Some(obj)) = (caps, v.as_object_mut()) {
+                        obj.insert("caps".into(), serde_json::json!({ "max_epsilon_per_job": job, "max_epsilon_total": total }));
+                    }
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                }
+                Output::Text => {
+                    print!("{}", ledger.render_text());
+                    if let Some((job, total)) = caps {
+                        println!("caps: {job} per job, {total} in total ({:.3} left)", (total - ledger.total_epsilon()).max(0.0));
+                    }
+                }
+            }
+        }
         Command::Check { config, job } => {
             let (cfg, base) = AgentConfig::load(&config)?;
             let text = std::fs::read_to_string(&job).with_context(|| format!("cannot read {}", job.display()))?;
@@ -106,6 +158,27 @@ async fn run(cli: Cli) -> Result<()> {
             println!("  rows read {}, dropped for missing values {}, kept {}", report.rows_read, report.rows_dropped_missing, report.rows_kept);
             println!("  train {} ({} positive), test {} ({} positive)", train.len(), train.positives(), test.len(), test.positives());
             println!("  encoded features ({}): {}", ds.n_features(), spec.schema.encoded_names().join(", "));
+            match spec.privacy_plan()? {
+                None => println!("  privacy: none (the job asks for no differential privacy)"),
+                Some(plan) => {
+                    println!("  privacy: {}", plan.summary());
+                    match &cfg.privacy {
+                        None => println!("  this site has no [privacy] ledger configured: it would refuse this job"),
+                        Some(p) => {
+                            let path = base.join(&p.ledger);
+                            let spent = if path.exists() { fedcare_ledger::Ledger::open_read_only(&path)?.total_epsilon() } else { 0.0 };
+                            let fits = plan.planned_epsilon <= p.max_epsilon_per_job && spent + plan.planned_epsilon <= p.max_epsilon_total;
+                            println!(
+                                "  budget: {:.3} spent of {} in total, {} per job: this job {}",
+                                spent,
+                                p.max_epsilon_total,
+                                p.max_epsilon_per_job,
+                                if fits { "fits" } else { "does NOT fit and would be refused" }
+                            );
+                        }
+                    }
+                }
+            }
         }
     }
     Ok(())

@@ -26,11 +26,28 @@ pub fn job(edit: impl FnOnce(&mut JobSpec)) -> (String, JobSpec) {
     (text, spec)
 }
 
-/// An example site's agent config, pointed at `url`.
+/// An example site's agent config, pointed at `url`, with its privacy ledger in a fresh
+/// temporary folder (so tests never share, lock or exhaust one another's budgets).
 pub fn site_config(name: &str, url: &str) -> (AgentConfig, PathBuf) {
     let (mut cfg, base) = AgentConfig::load(&example_dir().join("sites").join(format!("{name}.toml"))).expect("example site config loads");
     cfg.site.coordinator = url.to_owned();
+    if let Some(p) = cfg.privacy.as_mut() {
+        let dir = tempfile::tempdir().expect("temp dir").keep();
+        p.ledger = dir.join(format!("{name}.ledger.jsonl"));
+    }
     (cfg, base)
+}
+
+/// Writes an example site's config into `dir` (data path made absolute), so that its ledger
+/// and other state land in `dir`; returns the config's path. For tests that run the binaries.
+pub fn write_site_config(dir: &Path, name: &str) -> PathBuf {
+    let sites = example_dir().join("sites");
+    let text = std::fs::read_to_string(sites.join(format!("{name}.toml"))).expect("example site config readable");
+    let data = sites.join("../data/").canonicalize().expect("example data folder");
+    let text = text.replace("path = \"../data/", &format!("path = \"{}/", data.display()));
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).expect("site config written");
+    path
 }
 
 pub const SITES: [&str; 4] = ["cleveland", "hungarian", "switzerland", "va"];

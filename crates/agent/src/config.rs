@@ -41,10 +41,27 @@ pub struct SiteSection {
     pub audit_log: Option<PathBuf>,
 }
 
+/// `[privacy]`: this site's own privacy budget. The site, not the coordinator, enforces it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SitePrivacy {
+    /// The durable privacy ledger (JSON Lines; `site-agent ledger` shows it), relative to this
+    /// config file. Every spend is recorded here, fsync'd, before anything is sent.
+    pub ledger: PathBuf,
+    /// The most epsilon one job may spend on this site's records.
+    pub max_epsilon_per_job: f64,
+    /// The most epsilon all jobs together may spend (sum over jobs).
+    pub max_epsilon_total: f64,
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
     pub site: SiteSection,
+    /// Without it the site has no ledger and refuses every job that asks for differential
+    /// privacy (it could not enforce a budget).
+    #[serde(default)]
+    pub privacy: Option<SitePrivacy>,
     pub data: SiteDataConfig,
 }
 
@@ -62,6 +79,19 @@ impl AgentConfig {
                 field: "site.coordinator".into(),
                 message: format!("{:?} must be an http:// or https:// URL", cfg.site.coordinator),
             });
+        }
+        if let Some(p) = &cfg.privacy {
+            for (field, v) in [("privacy.max_epsilon_per_job", p.max_epsilon_per_job), ("privacy.max_epsilon_total", p.max_epsilon_total)] {
+                if !(v.is_finite() && v > 0.0) {
+                    return Err(ConfigError::Invalid { field: field.into(), message: format!("must be a positive number, got {v}") });
+                }
+            }
+            if p.max_epsilon_per_job > p.max_epsilon_total {
+                return Err(ConfigError::Invalid {
+                    field: "privacy.max_epsilon_per_job".into(),
+                    message: format!("{} exceeds max_epsilon_total ({})", p.max_epsilon_per_job, p.max_epsilon_total),
+                });
+            }
         }
         Ok(cfg)
     }

@@ -12,13 +12,14 @@
 //! coordinator only as a category.
 
 pub mod config;
+mod private;
 mod work;
 
 use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use config::{AgentConfig, ConfigError, SiteSection, load_or_create_identity};
+pub use config::{AgentConfig, ConfigError, SitePrivacy, SiteSection, load_or_create_identity};
 use fedcare_proto::PROTOCOL_VERSION;
 use fedcare_proto::v1 as pb;
 use fedcare_proto::v1::site_service_client::SiteServiceClient;
@@ -41,6 +42,8 @@ pub enum AgentError {
     Identity(String),
     #[error("the site's audit log: {0}")]
     Audit(String),
+    #[error("the site's privacy ledger: {0}")]
+    Ledger(String),
 }
 
 /// A running site agent.
@@ -81,13 +84,23 @@ impl Agent {
                 None
             }
         };
+        let budget = match &config.privacy {
+            Some(p) => {
+                let path = base_dir.join(&p.ledger);
+                let ledger = fedcare_ledger::Ledger::open(&path).map_err(|e| AgentError::Ledger(format!("{}: {e}", path.display())))?;
+                let caps = fedcare_ledger::Caps::new(p.max_epsilon_per_job, p.max_epsilon_total).map_err(|e| AgentError::Ledger(e.to_string()))?;
+                info!(site = %site, ledger = %path.display(), spent_total = ledger.total_epsilon(), cap_total = p.max_epsilon_total, "privacy ledger open");
+                Some(private::Budget::new(ledger, caps))
+            }
+            None => None,
+        };
         Ok(Agent {
             audit,
             site: site.clone(),
             coordinator: config.site.coordinator.clone(),
             identity_public_key: identity.public_key(),
             session,
-            work: work::Worker::new(site, config.data, base_dir, identity),
+            work: work::Worker::new(site, config.data, base_dir, identity, budget),
         })
     }
 

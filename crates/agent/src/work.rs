@@ -6,12 +6,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use fedcare_data::{Dataset, FeatureSums, SiteDataConfig, Standardization};
-use fedcare_job::{JobId, JobSpec};
+use fedcare_job::{JobId, JobSpec, PrivacyPlan};
 use fedcare_models::{FlatParams, metrics};
 use fedcare_protocol::messages::{EvalCounts, EvalReport, ModelUpdate};
 use fedcare_protocol::{ReplyKind, SiteId, Work};
 use fedcare_secagg::{AdvertiseKeys, EncryptedShare, Encoder, IdentityKey, UnmaskRequest};
 use tracing::{info, warn};
+
+use crate::private::{self, Budget};
 use zeroize::Zeroizing;
 
 /// A job's data at this site: the split, and the same split standardised with the
@@ -23,6 +25,11 @@ struct JobData {
     /// The current round's secure aggregation client and the quantised update it will mask.
     /// The update is wiped from memory when dropped.
     secure: Option<(fedcare_secagg::Client, Zeroizing<Vec<u64>>)>,
+    /// The job's privacy plan as this site computed it (None: the job asks for no DP).
+    plan: Option<Arc<PrivacyPlan>>,
+    /// This site's FedAvg weight under a privacy plan: the count it released in the
+    /// statistics step (noised), never the exact row count.
+    weight: Option<u64>,
 }
 
 impl JobData {
@@ -44,6 +51,8 @@ impl JobData {
 }
 
 pub(crate) struct Worker {
+    /// The site's privacy ledger and caps; without one, privacy jobs are refused.
+    budget: Option<Arc<Budget>>,
     site: SiteId,
     data: SiteDataConfig,
     base_dir: PathBuf,
@@ -52,34 +61,41 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
-    pub(crate) fn new(site: SiteId, data: SiteDataConfig, base_dir: PathBuf, identity: IdentityKey) -> Worker {
-        Worker { site, data, base_dir, jobs: BTreeMap::new(), identity: Arc::new(identity) }
+    pub(crate) fn new(site: SiteId, data: SiteDataConfig, base_dir: PathBuf, identity: IdentityKey, budget: Option<Arc<Budget>>) -> Worker {
+        Worker { budget, site, data, base_dir, jobs: BTreeMap::new(), identity: Arc::new(identity) }
     }
 
     /// Performs accepted work; `None` means there is nothing to reply (the job ended).
     pub(crate) async fn perform(&mut self, work: Work) -> Option<ReplyKind> {
         match work {
             Work::Decide { job, spec, .. } => Some(self.decide(job, spec).await),
-            Work::ComputeStats { job, .. } => Some(match self.jobs.get(&job) {
-                Some(d) => ReplyKind::Stats(FeatureSums::of(&d.train)),
-                None => ReplyKind::Failed { reason: "the site holds no data for this job".into() },
-            }),
+            Work::ComputeStats { job, spec, .. } => {
+                let budget = self.budget.clone();
+                let result = self.blocking(&job.clone(), move |d| stats(d, &job, &spec, budget.as_deref())).await;
+                Some(result.unwrap_or_else(|reason| ReplyKind::Failed { reason }))
+            }
             Work::Train { job, spec, round, model, standardization, secagg: Some((sa, index)), .. } => {
                 let salt = fedcare_job::site_salt(self.site.as_str());
                 let identity = self.identity.clone();
+                let budget = self.budget.clone();
                 let result = self
-                    .blocking(&job, move |d| {
+                    .blocking(&job.clone(), move |d| {
                         // The plain update never leaves this closure; it and its weighted and
                         // quantised forms are wiped from memory when dropped.
-                        let update = train_locally(d, &spec, round, &model, &standardization, salt)?;
+                        let update = round_update(d, &job, &spec, round, &model, &standardization, salt, budget.as_deref())?;
                         let delta = Zeroizing::new(update.delta);
-                        // Weight by this site's share of the job's examples and append the
-                        // loss, so the unmasked sum is exactly FedAvg's numerator.
-                        let w = update.num_examples as f64 / sa.total_examples as f64;
-                        let mut v: Zeroizing<Vec<f32>> = Zeroizing::new(delta.iter().map(|x| (f64::from(*x) * w) as f32).collect());
-                        v.push((update.train_loss * w) as f32);
-                        let quantizer = fedcare_protocol::secure::quantizer(&spec, sa.setup.n()).map_err(|e| e.to_string())?;
-                        let input = Zeroizing::new(quantizer.encode(&v));
+                        let input = if fedcare_protocol::secure::distributed_dp(&spec) {
+                            let plan = d.plan.clone().ok_or("no privacy plan")?;
+                            Zeroizing::new(ddg_input(&job, &spec, &plan, round, &sa.setup, &delta, budget.as_deref())?)
+                        } else {
+                            // Weight by this site's share of the job's examples and append the
+                            // loss, so the unmasked sum is exactly FedAvg's numerator.
+                            let w = update.num_examples as f64 / sa.total_examples as f64;
+                            let mut v: Zeroizing<Vec<f32>> = Zeroizing::new(delta.iter().map(|x| (f64::from(*x) * w) as f32).collect());
+                            v.push((update.train_loss * w) as f32);
+                            let quantizer = fedcare_protocol::secure::quantizer(&spec, sa.setup.n()).map_err(|e| e.to_string())?;
+                            Zeroizing::new(quantizer.encode(&v))
+                        };
                         let (client, keys) = fedcare_secagg::Client::new(&sa.setup, index, &identity, &mut fedcare_secagg::SystemRng::new())
                             .map_err(|e| format!("secure aggregation setup refused: {e}"))?;
                         d.secure = Some((client, input));
@@ -111,8 +127,9 @@ impl Worker {
             }).await),
             Work::Train { job, spec, round, model, standardization, secagg: None, .. } => {
                 let salt = fedcare_job::site_salt(self.site.as_str());
+                let budget = self.budget.clone();
                 let result = self
-                    .blocking(&job, move |d| train_locally(d, &spec, round, &model, &standardization, salt))
+                    .blocking(&job.clone(), move |d| round_update(d, &job, &spec, round, &model, &standardization, salt, budget.as_deref()))
                     .await;
                 Some(match result {
                     Ok(update) => {
@@ -150,6 +167,23 @@ impl Worker {
 
     /// Loads and splits this site's file for the job's schema; refuses if it does not map.
     async fn decide(&mut self, job: JobId, spec: Arc<JobSpec>) -> ReplyKind {
+        // The site's own view of what the job will spend, checked against its own caps first:
+        // a job over budget is refused before the data is even read.
+        let plan = match spec.privacy_plan() {
+            Ok(plan) => plan.map(Arc::new),
+            Err(e) => return ReplyKind::Decision { accept: false, reason: format!("the job's privacy settings are unusable: {e}") },
+        };
+        if let Some(plan) = &plan {
+            let Some(budget) = &self.budget else {
+                warn!(job = %job.short(), "job declined: it asks for differential privacy but this site has no privacy ledger ([privacy] in its config)");
+                return ReplyKind::Decision { accept: false, reason: "this site has no privacy ledger configured, so it cannot enforce a budget".into() };
+            };
+            if let Err(reason) = budget.check_plan(&job, plan) {
+                warn!(job = %job.short(), %reason, "job declined");
+                return ReplyKind::Decision { accept: false, reason };
+            }
+            info!(job = %job.short(), plan = %plan.summary(), "the job's privacy plan fits this site's budget");
+        }
         let (cfg, base) = (self.data.clone(), self.base_dir.clone());
         let loaded = tokio::task::spawn_blocking(move || {
             let (ds, report) = fedcare_data::load(&spec.schema, &cfg, &base)?;
@@ -167,7 +201,7 @@ impl Worker {
                     test = test.len(),
                     "job accepted: data mapped onto the job's schema"
                 );
-                self.jobs.insert(job, JobData { train, test, scaled: None, secure: None });
+                self.jobs.insert(job, JobData { train, test, scaled: None, secure: None, plan, weight: None });
                 ReplyKind::Decision { accept: true, reason: String::new() }
             }
             Ok(Err(e)) => {
@@ -222,6 +256,142 @@ impl Worker {
             Err(e) => Err(format!("local work crashed: {e}")),
         }
     }
+}
+
+/// The statistics step: exact sums without a privacy plan; otherwise the noised release,
+/// recorded in the ledger before it is returned (or the one recorded before a crash).
+fn stats(d: &mut JobData, job: &JobId, spec: &JobSpec, budget: Option<&Budget>) -> Result<ReplyKind, String> {
+    let Some(plan) = d.plan.clone() else { return Ok(ReplyKind::Stats(FeatureSums::of(&d.train))) };
+    let budget = budget.ok_or("no privacy ledger")?;
+    let sums = match budget.earlier_release(job, None, "stats")? {
+        Some(bytes) => serde_json::from_slice::<FeatureSums>(&bytes).map_err(|e| format!("the ledger's stored statistics do not parse: {e}"))?,
+        None => {
+            let mut rng = private::noise_rng()?;
+            let (sums, _) = private::stats_release(&d.train, spec, &plan, &mut rng)?;
+            let bytes = serde_json::to_vec(&sums).map_err(|e| e.to_string())?;
+            if let Some(charge) = &plan.stats {
+                budget.commit(job, None, "stats", &plan, charge.clone(), &bytes)?;
+            }
+            sums
+        }
+    };
+    d.weight = Some(sums.count.first().copied().unwrap_or(1).max(1));
+    Ok(ReplyKind::Stats(sums))
+}
+
+/// This round's update: plain local training without a privacy plan; DP-SGD with the round's
+/// spend recorded before the update is returned under record-level privacy.
+#[allow(clippy::too_many_arguments)]
+fn round_update(
+    d: &mut JobData,
+    job: &JobId,
+    spec: &JobSpec,
+    round: u32,
+    model: &fedcare_protocol::ModelVector,
+    standardization: &Arc<Standardization>,
+    salt: u64,
+    budget: Option<&Budget>,
+) -> Result<ModelUpdate, String> {
+    let Some(plan) = d.plan.clone() else { return train_locally(d, spec, round, model, standardization, salt) };
+    let budget = budget.ok_or("no privacy ledger")?;
+    let weight = d.weight.ok_or("the statistics step has not run for this job")?;
+    match plan.unit {
+        fedcare_privacy::Unit::Record => {
+            let delta = match budget.earlier_release(job, Some(round), "train")? {
+                Some(bytes) => private::f32s_from(&bytes)?,
+                None => {
+                    let (train, _) = d.scaled(standardization)?;
+                    let layout = fedcare_models::layout(&spec.model, spec.n_features());
+                    let start = FlatParams::new(layout, model.values.as_ref().clone()).map_err(|e| e.to_string())?;
+                    let cfg = fedcare_models::DpSgdConfig {
+                        local_epochs: spec.training.local_epochs,
+                        sampling_rate: plan.sampling_rate,
+                        // The released count, not the true one: the step size must not depend
+                        // on the data except through a private release.
+                        normalizer: (plan.sampling_rate * weight as f64).max(1.0),
+                        learning_rate: spec.training.learning_rate,
+                        l2_clip: plan.clip_norm,
+                        noise_multiplier: plan.noise_multiplier,
+                    };
+                    let mut rng = private::noise_rng()?;
+                    let out = fedcare_models::train_dp(&spec.model, &start, train.features(), train.n_features(), train.labels(), &cfg, &mut rng)
+                        .map_err(|e| format!("local DP-SGD failed: {e}"))?;
+                    let delta: Vec<f32> = out.params.values.iter().zip(&start.values).map(|(a, b)| a - b).collect();
+                    budget.commit(job, Some(round), "train", &plan, plan.per_round.clone(), &private::f32_bytes(&delta))?;
+                    info!(round, steps = out.steps, local_loss = out.mean_loss, "DP-SGD round trained; spend recorded before sending");
+                    delta
+                }
+            };
+            if delta.len() != model.values.len() {
+                return Err(format!("the ledger's stored update has {} values, the model {}", delta.len(), model.values.len()));
+            }
+            // The training loss is computed on records and is not privatised: it is not sent.
+            Ok(ModelUpdate { round, num_examples: weight, delta, train_loss: 0.0 })
+        }
+        fedcare_privacy::Unit::Site if fedcare_protocol::secure::central_dp(spec) => {
+            // Central mechanism: the coordinator adds the noise; the site clips its update and
+            // records the round's spend as it computes it (trusting the coordinator to noise).
+            let delta = match budget.earlier_release(job, Some(round), "train")? {
+                Some(bytes) => private::f32s_from(&bytes)?,
+                None => {
+                    let mut delta = train_locally(d, spec, round, model, standardization, salt)?.delta;
+                    clip_l2(&mut delta, plan.clip_norm);
+                    budget.commit(job, Some(round), "train", &plan, plan.per_round.clone(), &private::f32_bytes(&delta))?;
+                    delta
+                }
+            };
+            Ok(ModelUpdate { round, num_examples: weight, delta, train_loss: 0.0 })
+        }
+        fedcare_privacy::Unit::Site => {
+            // Distributed mechanism: the DDG encoder clips, rotates and noises the update when
+            // it is encoded for secure aggregation (`ddg_input`), where the spend is recorded.
+            let update = train_locally(d, spec, round, model, standardization, salt)?;
+            Ok(ModelUpdate { train_loss: 0.0, num_examples: weight, ..update })
+        }
+    }
+}
+
+/// Scales `v` down to L2 norm at most `c`.
+fn clip_l2(v: &mut [f32], c: f64) {
+    let norm = v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    if norm > c {
+        let k = c / norm;
+        v.iter_mut().for_each(|x| *x = (f64::from(*x) * k) as f32);
+    }
+}
+
+/// Site-level privacy, distributed mechanism: the round's DDG encoding of the site's update
+/// (clip, rotate, round, add this site's share of discrete Gaussian noise, wrap), recorded in
+/// the ledger with its charge before it is masked and sent; or the encoding recorded before a
+/// crash.
+fn ddg_input(
+    job: &JobId,
+    spec: &JobSpec,
+    plan: &PrivacyPlan,
+    round: u32,
+    setup: &fedcare_secagg::RoundSetup,
+    delta: &[f32],
+    budget: Option<&Budget>,
+) -> Result<Vec<u64>, String> {
+    let budget = budget.ok_or("no privacy ledger")?;
+    let len = delta.len();
+    let enc = fedcare_protocol::secure::ddg_encoder(spec, setup.n(), len, &setup.round_id)?;
+    if let Some(bytes) = budget.earlier_release(job, Some(round), "train")? {
+        let v = private::u64s_from(&bytes)?;
+        if v.len() != enc.encoded_len() {
+            return Err(format!("the ledger's stored encoding has {} values, the round needs {}", v.len(), enc.encoded_len()));
+        }
+        return Ok(v);
+    }
+    let mut x = delta.to_vec();
+    // The loss coordinate is not released under privacy.
+    x.push(0.0);
+    let mut rng = private::noise_rng()?;
+    let encoded = enc.encode(&x, &mut rng).map_err(|e| format!("DDG encoding failed: {e}"))?;
+    let a = enc.accounting(spec.round_quorum() as usize);
+    let charge = fedcare_privacy::Charge::DistributedDiscreteGaussian { sigma: a.sigma, n: a.n, dim: a.dim, l1: a.l1, l2: a.l2 };
+    budget.commit(job, Some(round), "train", plan, charge, &private::u64_bytes(&encoded))?;
+    Ok(encoded)
 }
 
 /// Local training from the global model; returns the update (local minus global).

@@ -150,6 +150,33 @@ impl Standardization {
         Ok(Standardization { mean, std })
     }
 
+    /// Mean and std from *noised* sums (differentially private statistics), made robust with
+    /// the public range `bounds[j] = (lo, hi)` of each column: the noise can push a mean
+    /// outside the range or a variance below zero, so the mean is clamped to `[lo, hi]` and
+    /// the std to `[(hi - lo) / 100, (hi - lo) / 2]` (no column confined to `[lo, hi]` has a
+    /// larger std). Post-processing of a private release, so it costs no privacy.
+    pub fn from_noisy_sums(s: &FeatureSums, bounds: &[(f64, f64)]) -> Result<Self, DataError> {
+        s.check_shape("Standardization::from_noisy_sums")?;
+        if bounds.len() != s.width() {
+            return Err(DataError::WidthMismatch { what: "Standardization::from_noisy_sums bounds".into(), expected: s.width(), found: bounds.len() });
+        }
+        let (mut mean, mut std) = (Vec::with_capacity(s.width()), Vec::with_capacity(s.width()));
+        for (j, &(lo, hi)) in bounds.iter().enumerate() {
+            let (sum, sum_sq) = (s.sum[j], s.sum_sq[j]);
+            if !(lo.is_finite() && hi.is_finite() && lo < hi) || !sum.is_finite() || !sum_sq.is_finite() {
+                return Err(DataError::Stats(format!("column {}: unusable noised sums or range", j + 1)));
+            }
+            let n = s.count[j].max(1) as f64;
+            let m = (sum / n).clamp(lo, hi);
+            let var = sum_sq / n - m * m;
+            let width = hi - lo;
+            let sd = if var.is_finite() && var > 0.0 { var.sqrt() } else { 0.0 };
+            mean.push(m);
+            std.push(sd.clamp(width / 100.0, width / 2.0));
+        }
+        Ok(Standardization { mean, std })
+    }
+
     /// Replace every value `x` by `(x - mean) / std`, in place.
     pub fn apply(&self, ds: &mut Dataset) -> Result<(), DataError> {
         let w = ds.n_features();
@@ -227,6 +254,24 @@ mod tests {
         assert!((f[4] - 1.224_745).abs() < 1e-5, "{f:?}");
         assert!((f[5] - std::f32::consts::SQRT_2).abs() < 1e-5, "{f:?}"); // 20/√200 = √2
         assert_eq!(d2.labels(), d.labels(), "labels are untouched");
+    }
+
+    #[test]
+    fn noisy_sums_are_clamped_to_the_public_range() {
+        // Noise made the second column's variance negative and the first column's mean leave
+        // its range: the result stays usable and inside what the range allows.
+        let s = FeatureSums { count: vec![10, 10], sum: vec![150.0, 5.0], sum_sq: vec![2300.0, 1.0] };
+        let z = Standardization::from_noisy_sums(&s, &[(0.0, 10.0), (0.0, 1.0)]).unwrap();
+        assert_eq!(z.mean, vec![10.0, 0.5]);
+        // Column 1: 230 - 100 = 130 -> sqrt 11.4, above the cap 5.
+        assert_eq!(z.std[0], 5.0);
+        // Column 2: 0.1 - 0.25 < 0 -> the floor 1/100.
+        assert_eq!(z.std[1], 0.01);
+        // In-range values pass through unchanged.
+        let s = FeatureSums { count: vec![4], sum: vec![20.0], sum_sq: vec![116.0] };
+        let z = Standardization::from_noisy_sums(&s, &[(0.0, 10.0)]).unwrap();
+        assert_eq!((z.mean[0], z.std[0]), (5.0, 2.0));
+        assert!(Standardization::from_noisy_sums(&s, &[]).is_err());
     }
 
     #[test]

@@ -14,6 +14,9 @@
 
 use std::fmt;
 
+pub mod privacy;
+pub use privacy::{PrivacyPlan, PrivacySpec, PrivacyUnit, SiteMechanism};
+
 use fedcare_data::Schema;
 use fedcare_models::{ModelSpec, OptimizerKind, TrainConfig};
 use serde::{Deserialize, Serialize};
@@ -163,6 +166,8 @@ pub struct JobSpec {
     pub deadlines: Deadlines,
     #[serde(default)]
     pub secure_aggregation: SecureAggregationSpec,
+    /// Required: every job states whose privacy it protects (`unit = "none"` included).
+    pub privacy: PrivacySpec,
     pub schema: Schema,
 }
 
@@ -227,6 +232,7 @@ impl JobSpec {
         }
         self.model.validate().map_err(|e| bad("model", e.to_string()))?;
         self.schema.validate().map_err(|e| bad("schema", e.to_string()))?;
+        privacy::validate(self).map_err(|(field, message)| bad(&field, message))?;
         Ok(())
     }
 
@@ -263,6 +269,19 @@ impl JobSpec {
             learning_rate: self.training.learning_rate,
             seed,
         }
+    }
+}
+
+/// Length of the vector a site masks in a secure round: the model's parameters, then one
+/// coordinate for the training loss.
+pub fn masked_dim(model_len: usize) -> usize {
+    model_len + 1
+}
+
+/// The job's privacy plan (see [`privacy::plan`]).
+impl JobSpec {
+    pub fn privacy_plan(&self) -> Result<Option<PrivacyPlan>, fedcare_privacy::PrivacyError> {
+        privacy::plan(self)
     }
 }
 

@@ -21,6 +21,7 @@
 //! written by [`save`] and read by [`load`]. It holds no global state, so callers may run it on
 //! several sites' data in the same process.
 
+mod dp;
 mod error;
 mod flat;
 pub mod metrics;
@@ -29,6 +30,7 @@ mod spec;
 mod store;
 mod train;
 
+pub use dp::{DpSgdConfig, DpTrainOutcome, train_dp};
 pub use error::ModelError;
 pub use flat::{FlatParams, ParamEntry, ParamLayout, init, layout};
 pub use metrics::{HIST_BINS, Metrics, auc_from_histograms, evaluate};

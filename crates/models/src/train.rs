@@ -45,7 +45,7 @@ pub struct TrainOutcome {
 }
 
 /// Checks spec, layout and data shapes; returns the number of rows.
-fn check_inputs(
+pub(crate) fn check_inputs(
     spec: &ModelSpec,
     params: &FlatParams,
     features: &[f32],
@@ -72,9 +72,27 @@ fn check_inputs(
     Ok(rows)
 }
 
+/// Checks one label per row, each exactly 0.0 or 1.0.
+pub(crate) fn check_labels(labels: &[f32], rows: usize) -> Result<(), ModelError> {
+    if labels.len() != rows {
+        return Err(ModelError::Shape(format!(
+            "{} labels for {rows} rows",
+            labels.len()
+        )));
+    }
+    if let Some((index, &value)) = labels
+        .iter()
+        .enumerate()
+        .find(|(_, v)| **v != 0.0 && **v != 1.0)
+    {
+        return Err(ModelError::InvalidLabel { index, value });
+    }
+    Ok(())
+}
+
 /// Numerically stable binary cross-entropy on logits, per row:
 /// `max(z, 0) - z*y + log(1 + exp(-|z|))`. Never evaluates `exp` of a large positive number.
-fn bce_with_logits(z: Tensor<2>, y: Tensor<2>) -> Tensor<2> {
+pub(crate) fn bce_with_logits(z: Tensor<2>, y: Tensor<2>) -> Tensor<2> {
     let pos = z.clone().clamp_min(0.0);
     let zy = z.clone() * y;
     let soft = z.abs().neg().exp().log1p();
@@ -101,19 +119,7 @@ pub fn train(
     cfg: &TrainConfig,
 ) -> Result<TrainOutcome, ModelError> {
     let rows = check_inputs(spec, start, features, n_features)?;
-    if labels.len() != rows {
-        return Err(ModelError::Shape(format!(
-            "{} labels for {rows} rows",
-            labels.len()
-        )));
-    }
-    if let Some((index, &value)) = labels
-        .iter()
-        .enumerate()
-        .find(|(_, v)| **v != 0.0 && **v != 1.0)
-    {
-        return Err(ModelError::InvalidLabel { index, value });
-    }
+    check_labels(labels, rows)?;
     if cfg.local_epochs == 0 {
         return Err(ModelError::InvalidConfig(
             "local_epochs must be >= 1".into(),

@@ -74,6 +74,10 @@ pub const MAX_SCALED_NORM: f64 = (1u64 << 50) as f64;
 /// < 0.61^10000).
 const MAX_ROUNDING_ATTEMPTS: u32 = 10_000;
 
+/// Largest per-site noise std (in lattice steps) the calibration chooses: below the exact
+/// sampler's limit (about 1.2e7) with room to spare.
+pub const MAX_LOCAL_SIGMA: f64 = (1u64 << 22) as f64;
+
 /// Default conditional-rounding parameter of the paper, `beta = e^-0.5`.
 pub const DEFAULT_BETA: f64 = 0.606_530_659_712_633_4;
 
@@ -107,7 +111,7 @@ fn bad(name: &'static str, value: f64, reason: &'static str) -> PrivacyError {
 /// padded dimension `d`, parameter `beta`:
 /// `min( c^2/gamma^2 + d/4 + sqrt(2 ln(1/beta)) (c/gamma + sqrt(d)/2), (c/gamma + sqrt(d))^2 )`,
 /// square-rooted.
-fn rounding_bound(l2_clip: f64, scale: f64, padded: usize, beta: f64) -> f64 {
+pub(crate) fn rounding_bound(l2_clip: f64, scale: f64, padded: usize, beta: f64) -> f64 {
     let cg = l2_clip * scale;
     let d = padded as f64;
     let deterministic = (cg + d.sqrt()).powi(2);
@@ -267,6 +271,18 @@ impl DdgCalibration {
                 break;
             }
         }
+        // The modulus alone may ask for a scale whose noise exceeds what the exact sampler
+        // draws (std ~1.2e7): with few sites and 32 bits it does. A coarser lattice then: cap
+        // the local noise at MAX_LOCAL_SIGMA steps. The modulus only gets more headroom, and
+        // the quantisation stays millions of times finer than the noise.
+        for _ in 0..50 {
+            let delta2 = rounding_bound(c, scale, p.padded_dim(), self.beta);
+            let local = z * delta2 / nmin.sqrt();
+            if local <= MAX_LOCAL_SIGMA {
+                break;
+            }
+            scale *= MAX_LOCAL_SIGMA / local * 0.999;
+        }
         p.scale = scale;
         p.local_sigma = (z * p.l2_sensitivity() / nmin.sqrt()).max(0.5);
         p.validate()?;
@@ -314,6 +330,57 @@ pub fn fwht(x: &mut [f64]) {
     }
 }
 
+/// `x * min(1, c/||x||_2)` in f64, for an `x` that must have length `dim` and finite
+/// values (typed errors otherwise). Shared by [`DdgEncoder::clip`] and the DP-SGD sum
+/// ([`crate::dpsgd`]).
+pub(crate) fn clip_l2(x: &[f32], dim: usize, l2_clip: f64) -> Result<Vec<f64>, PrivacyError> {
+    if x.len() != dim {
+        return Err(PrivacyError::InputLength { expected: dim, got: x.len() });
+    }
+    if let Some(index) = x.iter().position(|v| !v.is_finite()) {
+        return Err(PrivacyError::NonFiniteInput { index });
+    }
+    let mut v: Vec<f64> = x.iter().map(|&a| f64::from(a)).collect();
+    let norm = v.iter().map(|a| a * a).sum::<f64>().sqrt();
+    if norm > l2_clip {
+        let f = l2_clip / norm;
+        v.iter_mut().for_each(|a| *a *= f);
+    }
+    Ok(v)
+}
+
+/// Conditional stochastic rounding (KLS 2021): rounds each coordinate of `scaled` up with
+/// probability equal to its fractional part, and redraws the whole vector until
+/// `||z||_2 <= bound` (`bound` = [`DdgParams::l2_sensitivity`] or its DP-SGD analogue, which
+/// makes each attempt succeed with probability >= 1 - `beta`). Every `|scaled_j|` must be
+/// <= [`MAX_SCALED_NORM`] (callers validate it). `beta` is only quoted in the error.
+pub(crate) fn round_conditional(
+    scaled: &[f64],
+    bound: f64,
+    beta: f64,
+    rng: &mut dyn CryptoRng,
+) -> Result<Vec<i64>, PrivacyError> {
+    let bound2 = bound * bound;
+    let mut z = vec![0i64; scaled.len()];
+    for _ in 0..MAX_ROUNDING_ATTEMPTS {
+        let mut norm2 = 0.0f64;
+        for (o, &v) in z.iter_mut().zip(scaled) {
+            let fl = v.floor();
+            let frac = v - fl;
+            // Uniform on the 2^-53 grid in [0, 1): P(up) = frac (to 2^-53).
+            let u = (rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
+            let r = if u < frac { fl + 1.0 } else { fl };
+            // |r| <= 2^50 (validated), so the cast and the square are exact enough.
+            *o = r as i64;
+            norm2 += r * r;
+        }
+        if norm2 <= bound2 {
+            return Ok(z);
+        }
+    }
+    Err(bad("beta", beta, "conditional rounding did not meet its bound"))
+}
+
 /// Site encoder and server decoder of one round.
 #[derive(Debug, Clone)]
 pub struct DdgEncoder {
@@ -328,7 +395,7 @@ pub struct DdgEncoder {
 
 /// `sigma^2` as a rational `num/den` rounded UP (the noise is never smaller than stated),
 /// with the largest power-of-two denominator <= 2^20 the sampler accepts.
-fn sigma2_rational(sigma: f64) -> Result<DiscreteGaussian, PrivacyError> {
+pub(crate) fn sigma2_rational(sigma: f64) -> Result<DiscreteGaussian, PrivacyError> {
     let s2 = sigma * sigma;
     let mut den: u64 = 1 << 20;
     loop {
@@ -378,19 +445,7 @@ impl DdgEncoder {
 
     /// Step 1: `x * min(1, c/||x||_2)` in f64. Errors on a wrong length or a non-finite value.
     pub fn clip(&self, x: &[f32]) -> Result<Vec<f64>, PrivacyError> {
-        if x.len() != self.params.dim {
-            return Err(PrivacyError::InputLength { expected: self.params.dim, got: x.len() });
-        }
-        if let Some(index) = x.iter().position(|v| !v.is_finite()) {
-            return Err(PrivacyError::NonFiniteInput { index });
-        }
-        let mut v: Vec<f64> = x.iter().map(|&a| f64::from(a)).collect();
-        let norm = v.iter().map(|a| a * a).sum::<f64>().sqrt();
-        if norm > self.params.l2_clip {
-            let f = self.params.l2_clip / norm;
-            v.iter_mut().for_each(|a| *a *= f);
-        }
-        Ok(v)
+        clip_l2(x, self.params.dim, self.params.l2_clip)
     }
 
     /// Step 2: pads `x` (length <= d') with zeros and returns `H D x`.
@@ -417,25 +472,7 @@ impl DdgEncoder {
     /// Step 4: conditional stochastic rounding of the scaled, rotated vector: redraws until
     /// `||z||_2^2 <= Delta_2^2`.
     fn round_conditional(&self, scaled: &[f64], rng: &mut dyn CryptoRng) -> Result<Vec<i64>, PrivacyError> {
-        let bound2 = self.delta2 * self.delta2;
-        let mut z = vec![0i64; scaled.len()];
-        for _ in 0..MAX_ROUNDING_ATTEMPTS {
-            let mut norm2 = 0.0f64;
-            for (o, &v) in z.iter_mut().zip(scaled) {
-                let fl = v.floor();
-                let frac = v - fl;
-                // Uniform on the 2^-53 grid in [0, 1): P(up) = frac (to 2^-53).
-                let u = (rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
-                let r = if u < frac { fl + 1.0 } else { fl };
-                // |r| <= 2^50 (validated), so the cast and the square are exact enough.
-                *o = r as i64;
-                norm2 += r * r;
-            }
-            if norm2 <= bound2 {
-                return Ok(z);
-            }
-        }
-        Err(bad("beta", self.params.beta, "conditional rounding did not meet its bound"))
+        round_conditional(scaled, self.delta2, self.params.beta, rng)
     }
 
     /// Algorithm 1: clip, rotate, scale, round conditionally, add discrete Gaussian noise,

@@ -41,12 +41,16 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod charge;
 pub mod ddg;
+pub mod dpsgd;
 mod error;
 pub mod rdp;
 pub mod sample;
 
+pub use charge::{Charge, Unit, epsilon_of, smallest_noise_multiplier_for};
 pub use ddg::{DdgAccounting, DdgCalibration, DdgEncoder, DdgParams};
+pub use dpsgd::{NoisyGradientSum, Schedule, poisson_sample, schedule};
 pub use error::PrivacyError;
 pub use rdp::{
     RdpAccountant, default_orders, discrete_gaussian_sum_rdp, epsilon_for, epsilon_from_rdp,

@@ -16,7 +16,7 @@ use fedcare_data::{FeatureSums, Standardization};
 use fedcare_job::{JobId, JobSpec};
 use serde::{Deserialize, Serialize};
 
-use fedcare_secagg::{AdvertiseKeys, EncryptedShare, Encoder, MaskedInput, RoundSetup, UnmaskResponse};
+use fedcare_secagg::{AdvertiseKeys, EncryptedShare, MaskedInput, RoundSetup, UnmaskResponse};
 
 use crate::fedavg::FedAvg;
 use crate::messages::{EvalCounts, EvalReport, ModelVector, Reply, ReplyKind, SecAggRound, SiteId, Task, TaskId, TaskKind};
@@ -47,8 +47,9 @@ pub struct RoundRecord {
     pub round: u32,
     /// Sites whose update went into the average.
     pub sites: Vec<SiteId>,
-    /// Example-weighted mean training loss.
-    pub train_loss: f64,
+    /// Example-weighted mean training loss; `None` under differential privacy (the loss is
+    /// computed on records and not privatised, so sites do not release it).
+    pub train_loss: Option<f64>,
     /// Held-out counts summed over the sites that evaluated.
     pub eval: EvalCounts,
     pub started_ms: u64,
@@ -159,6 +160,8 @@ pub struct JobRun {
     last_eval: BTreeMap<SiteId, EvalReport>,
     history: Vec<RoundRecord>,
     actions: VecDeque<Action>,
+    /// Central mechanism's noise source (see [`JobRun::with_noise`]).
+    noise: Option<rand_chacha::ChaCha20Rng>,
 }
 
 impl JobRun {
@@ -181,11 +184,44 @@ impl JobRun {
             last_eval: BTreeMap::new(),
             history: Vec::new(),
             actions: VecDeque::new(),
+            noise: None,
         }
     }
 
     pub fn id(&self) -> &JobId {
         &self.job
+    }
+
+    /// The noise source of the central mechanism (site-level privacy, `mechanism =
+    /// "central"`). The driver seeds it from a CSPRNG; a central job without one fails at
+    /// its first round rather than release an un-noised model.
+    pub fn with_noise(mut self, rng: rand_chacha::ChaCha20Rng) -> JobRun {
+        self.noise = Some(rng);
+        self
+    }
+
+    /// Central mechanism: adds Gaussian noise of std `z C / count` to each coordinate of the
+    /// new model (the mean of `count` clipped updates has L2 sensitivity `C / count`). The
+    /// noise is the exact discrete Gaussian on the lattice `C / (count 2^16)`, so no
+    /// floating-point sampler is involved. A no-op for every other mechanism.
+    fn central_noise(&mut self, model: &mut [f32], count: usize) -> Result<(), String> {
+        if !secure::central_dp(&self.spec) {
+            return Ok(());
+        }
+        let plan = self.spec.privacy_plan().map_err(|e| e.to_string())?.ok_or("no privacy plan")?;
+        let rng = self.noise.as_mut().ok_or("the central mechanism has no noise source; refusing to release an un-noised model")?;
+        const LATTICE: f64 = 65536.0;
+        let sigma_int = plan.noise_multiplier * LATTICE;
+        let num = (sigma_int * sigma_int * 1024.0).ceil();
+        if !(num.is_finite() && num >= 1.0 && num < u64::MAX as f64) {
+            return Err(format!("noise multiplier {} is out of the sampler's range", plan.noise_multiplier));
+        }
+        let dg = fedcare_privacy::DiscreteGaussian::new(num as u64, 1024).map_err(|e| e.to_string())?;
+        let gamma = plan.clip_norm / (count.max(1) as f64 * LATTICE);
+        for v in model.iter_mut() {
+            *v = (f64::from(*v) + gamma * dg.sample(rng) as f64) as f32;
+        }
+        Ok(())
     }
 
     pub fn spec(&self) -> &Arc<JobSpec> {
@@ -477,7 +513,13 @@ impl JobRun {
                     ));
                 }
                 let total = sums.count.iter().copied().max().unwrap_or(0);
-                match Standardization::from_sums(&sums) {
+                // Noised statistics (record-level privacy) are made robust with the job's
+                // public feature ranges; exact ones are used as they are.
+                let std = match fedcare_job::privacy::encoded_bounds(&self.spec) {
+                    Some(bounds) => Standardization::from_noisy_sums(&sums, &bounds),
+                    None => Standardization::from_sums(&sums),
+                };
+                match std {
                     Ok(std) => {
                         self.standardization = Some(Arc::new(std));
                         self.event(JobEvent::StatsDone { total_examples: total });
@@ -498,7 +540,10 @@ impl JobRun {
                         agg.updates()
                     ));
                 }
-                let model = agg.apply(&self.model);
+                let mut model = agg.apply(&self.model);
+                if let Err(e) = self.central_noise(&mut model, agg.updates() as usize) {
+                    return self.fail(format!("round {round}: {e}"));
+                }
                 self.start_eval(round, model, sites, agg.mean_train_loss(), started_ms, now_ms);
             }
             Stage::Evaluating { round, counts, mut record } => {
@@ -519,6 +564,7 @@ impl JobRun {
     /// The new global model is known: record the round's training and have it evaluated.
     fn start_eval(&mut self, round: u32, model: Vec<f32>, sites: Vec<SiteId>, train_loss: f64, started_ms: u64, now_ms: u64) {
         self.model = Arc::new(model);
+        let train_loss = (self.spec.privacy.unit == fedcare_job::PrivacyUnit::None).then_some(train_loss);
         let record = RoundRecord { round, sites, train_loss, eval: EvalCounts::zero(), started_ms, finished_ms: now_ms };
         self.stage = Stage::Evaluating { round, counts: EvalCounts::zero(), record };
         let task = |s: &Self| TaskKind::Eval { round, model: s.model_vector(), standardization: s.std() };
@@ -575,20 +621,28 @@ impl JobRun {
                 if survivors.len() < quorum {
                     return self.fail(format!("round {round}: only {} sites' updates are in the sum, the job needs {quorum}", survivors.len()));
                 }
-                let quantizer = match secure::quantizer(&self.spec, sec.setup.setup.n()) {
-                    Ok(q) => q,
-                    Err(e) => return self.fail(abort(e)),
-                };
-                let decoded = quantizer.decode_sum(&sum, survivors.len());
-                let examples: u64 = survivors.iter().filter_map(|i| sec.weights.get(i)).sum();
-                let weight = examples as f64 / sec.setup.total_examples as f64;
                 let len = self.model.len();
+                let decoded = match secure::decode_sum(&self.spec, sec.setup.setup.n(), len, &sec.setup.setup.round_id, &sum, survivors.len()) {
+                    Ok(d) => d,
+                    Err(e) => return self.fail(format!("round {round}: the unmasked sum cannot be decoded: {e}")),
+                };
+                // Under the distributed mechanism every site's (clipped, noised) update has
+                // weight one: the new model moves by the mean over the survivors.
+                let weight = if secure::distributed_dp(&self.spec) {
+                    survivors.len() as f64
+                } else {
+                    let examples: u64 = survivors.iter().filter_map(|i| sec.weights.get(i)).sum();
+                    examples as f64 / sec.setup.total_examples as f64
+                };
                 // `weight` is NaN if total_examples were 0; `is_nan` keeps that case a failure.
                 if decoded.len() != secure::masked_dim(len) || weight.is_nan() || weight <= 0.0 {
                     return self.fail(format!("round {round}: the unmasked sum has the wrong shape or no weight"));
                 }
-                let model: Vec<f32> =
+                let mut model: Vec<f32> =
                     self.model.iter().zip(&decoded[..len]).map(|(g, d)| (f64::from(*g) + f64::from(*d) / weight) as f32).collect();
+                if let Err(e) = self.central_noise(&mut model, survivors.len()) {
+                    return self.fail(format!("round {round}: {e}"));
+                }
                 let train_loss = f64::from(decoded[len]) / weight;
                 let mut names: Vec<SiteId> = survivors.iter().filter_map(|i| sec.site_of(*i)).collect();
                 names.sort();

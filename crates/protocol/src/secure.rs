@@ -3,7 +3,8 @@
 //! the layout of the masked vector. A site recomputes all of it and refuses a setup that
 //! differs, so a coordinator cannot quietly lower the threshold or reuse another round's id.
 
-use fedcare_job::{JobId, JobSpec};
+use fedcare_job::{JobId, JobSpec, PrivacyUnit, SiteMechanism};
+use fedcare_privacy::DdgEncoder;
 use fedcare_secagg::{Params, Rounding, SecAggError, StochasticQuantizer, graph_seed};
 use sha2::{Digest, Sha256};
 
@@ -20,13 +21,66 @@ pub fn round_id(job: &JobId, round: u32) -> [u8; 32] {
 /// The masked vector: the model's parameters, then one coordinate for the training loss (so the
 /// coordinator learns only the weighted sum of the sites' losses too).
 pub fn masked_dim(model_len: usize) -> usize {
-    model_len + 1
+    fedcare_job::masked_dim(model_len)
+}
+
+/// Whether the job's rounds carry distributed discrete Gaussian noise (site-level privacy,
+/// distributed mechanism): the sites then encode with [`DdgEncoder`] instead of the quantiser.
+pub fn distributed_dp(spec: &JobSpec) -> bool {
+    spec.privacy.unit == PrivacyUnit::Site && spec.privacy.mechanism.unwrap_or(SiteMechanism::Distributed) == SiteMechanism::Distributed
+}
+
+/// Whether the coordinator adds the noise (site-level privacy, central mechanism).
+pub fn central_dp(spec: &JobSpec) -> bool {
+    spec.privacy.unit == PrivacyUnit::Site && spec.privacy.mechanism == Some(SiteMechanism::Central)
+}
+
+/// Length of the vector secure aggregation sums: the masked vector, padded to a power of two
+/// when the DDG's Hadamard rotation needs it.
+pub fn vector_len(spec: &JobSpec, model_len: usize) -> usize {
+    if distributed_dp(spec) { masked_dim(model_len).next_power_of_two() } else { masked_dim(model_len) }
 }
 
 /// Parameters for `n` sites in this round of this job.
 pub fn params(spec: &JobSpec, n: usize, model_len: usize, round_id: &[u8; 32]) -> Result<Params, SecAggError> {
     let sa = &spec.secure_aggregation;
-    Params::choose(n, masked_dim(model_len), sa.bits, sa.dropout_fraction, sa.corruption_fraction, graph_seed(round_id))
+    Params::choose(n, vector_len(spec, model_len), sa.bits, sa.dropout_fraction, sa.corruption_fraction, graph_seed(round_id))
+}
+
+/// `SHA-256("fedcare/ddg-rotation/v1" || round id)`: the round's public rotation seed, the
+/// same at every site and the coordinator, different every round.
+pub fn rotation_seed(round_id: &[u8; 32]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"fedcare/ddg-rotation/v1");
+    h.update(round_id);
+    h.finalize().into()
+}
+
+/// The round's distributed discrete Gaussian encoder for `n` participants: the job's plan
+/// gives the noise multiplier; the guaranteed minimum of noise shares is the round quorum.
+pub fn ddg_encoder(spec: &JobSpec, n: usize, model_len: usize, round_id: &[u8; 32]) -> Result<DdgEncoder, String> {
+    let plan = spec.privacy_plan().map_err(|e| e.to_string())?.ok_or("the job has no privacy plan")?;
+    let cal = fedcare_job::privacy::ddg_calibration(
+        plan.noise_multiplier,
+        plan.clip_norm,
+        spec.round_quorum() as usize,
+        n,
+        spec.secure_aggregation.bits,
+        model_len,
+    );
+    let params = cal.params(rotation_seed(round_id)).map_err(|e| e.to_string())?;
+    DdgEncoder::new(params).map_err(|e| e.to_string())
+}
+
+/// Turns the unmasked sum of a round back into floats (length [`masked_dim`]): the sum of
+/// the sites' (weighted) vectors, noised under the distributed mechanism.
+pub fn decode_sum(spec: &JobSpec, n: usize, model_len: usize, round_id: &[u8; 32], sum: &[u64], count: usize) -> Result<Vec<f32>, String> {
+    if distributed_dp(spec) {
+        ddg_encoder(spec, n, model_len, round_id)?.try_decode_sum(sum).map_err(|e| e.to_string())
+    } else {
+        use fedcare_secagg::Encoder;
+        Ok(quantizer(spec, n).map_err(|e| e.to_string())?.decode_sum(sum, count))
+    }
 }
 
 /// The quantiser for a round of `n` sites. Rounding to nearest keeps a job reproducible; the

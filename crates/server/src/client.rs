@@ -102,8 +102,13 @@ pub fn describe(event: &pb::JobEvent, rounds: u32) -> Option<Line> {
             transient: true,
         }),
         Kind::RoundDone(r) => line(format!(
-            "[{t:7.2}s] round {:>3}{of_rounds} done: {} sites, train loss {:.4}, test loss {:.4}, test accuracy {:.3} ({} ms)",
-            r.round, r.sites, r.train_loss, r.eval_loss, r.eval_accuracy, r.round_ms
+            "[{t:7.2}s] round {:>3}{of_rounds} done: {} sites, train loss {}, test loss {:.4}, test accuracy {:.3} ({} ms)",
+            r.round,
+            r.sites,
+            if r.train_loss.is_nan() { "n/a".to_owned() } else { format!("{:.4}", r.train_loss) },
+            r.eval_loss,
+            r.eval_accuracy,
+            r.round_ms
         )),
         Kind::Refused(r) => line(format!("[{t:7.2}s] site {} left round {}: {}", r.site_id, r.round, r.reason)),
         Kind::Finished(_) => line(format!("[{t:7.2}s] job finished")),

@@ -164,7 +164,13 @@ impl Coordinator {
             e => Status::internal(format!("could not record the job: {e}")),
         })?;
         let spec = Arc::new(spec);
-        let run = JobRun::new(spec.clone(), spec_toml.into(), layout.digest(), initial.values);
+        // The central mechanism's noise: ChaCha20 keyed from the operating system's CSPRNG.
+        let mut seed = [0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed)
+            .map_err(|_| Status::internal("the system's random generator failed"))?;
+        let run = JobRun::new(spec.clone(), spec_toml.into(), layout.digest(), initial.values)
+            .with_noise(<rand_chacha::ChaCha20Rng as rand_core::SeedableRng>::from_seed(seed));
+        zeroize::Zeroize::zeroize(&mut seed);
         info!(job = %id.short(), name = %spec.name, rounds = spec.rounds, min_sites = spec.min_sites, "job submitted");
         st.jobs.insert(id.clone(), JobEntry {
             run,
@@ -270,7 +276,7 @@ impl Coordinator {
                             job = %id.short(),
                             round = r.round,
                             sites = r.sites.len(),
-                            train_loss = r.train_loss,
+                            train_loss = r.train_loss.unwrap_or(f64::NAN),
                             test_accuracy = r.eval.accuracy(),
                             ms = r.finished_ms.saturating_sub(r.started_ms),
                             "round done"
@@ -418,7 +424,8 @@ fn event_to_wire(e: &JobEvent) -> pb::job_event::Kind {
         JobEvent::RoundDone(r) => Kind::RoundDone(pb::RoundDone {
             round: r.round,
             sites: r.sites.len() as u32,
-            train_loss: r.train_loss,
+            // NaN on the wire: not released (differential privacy).
+            train_loss: r.train_loss.unwrap_or(f64::NAN),
             eval_loss: r.eval.mean_loss(),
             eval_accuracy: r.eval.accuracy(),
             round_ms: r.finished_ms.saturating_sub(r.started_ms),

@@ -32,7 +32,8 @@ impl Metrics {
 pub struct RoundSummary {
     pub round: u32,
     pub sites: Vec<String>,
-    pub train_loss: f64,
+    /// `None` when not released (differential privacy).
+    pub train_loss: Option<f64>,
     /// The new global model on the union of the sites' test splits (`None` if no site evaluated).
     pub eval: Option<Metrics>,
     pub duration_ms: u64,
@@ -76,6 +77,8 @@ pub struct Report {
     /// How updates were protected. Until secure aggregation and differential privacy land this
     /// says plainly that the coordinator saw each site's update.
     pub protection: String,
+    /// Differential privacy: the mechanism, unit and the epsilon the job spent.
+    pub privacy: PrivacyReport,
     pub rounds: Vec<RoundSummary>,
     pub sites: Vec<SiteSummary>,
     /// The final model on the union of all sites' test splits (pooled from counts); `None` if no
@@ -123,6 +126,7 @@ impl Report {
             parameters: outcome.model.len(),
             spec: spec.clone(),
             protection: protection(spec),
+            privacy: PrivacyReport::build(spec, outcome.rounds.len() as u32),
             rounds,
             sites: sites.into_values().collect(),
             federated: Metrics::from_counts(&total, total.auc()),
@@ -177,7 +181,105 @@ impl Report {
                 "pooled (ref.)", train_total, m.accuracy, auc(m.auc), m.loss, m.n
             );
         }
+        match self.privacy.epsilon_spent {
+            Some(eps) => {
+                let _ = writeln!(
+                    out,
+                    "privacy: {} level, {}, epsilon {:.3} spent of {} (delta {:e})",
+                    self.privacy.unit,
+                    self.privacy.mechanism,
+                    eps,
+                    self.privacy.target_epsilon.unwrap_or(f64::NAN),
+                    self.privacy.delta.unwrap_or(f64::NAN)
+                );
+            }
+            None => {
+                let _ = writeln!(out, "privacy: no differential privacy");
+            }
+        }
         out
+    }
+}
+
+/// The privacy a job spent, as the coordinator computes it from the spec alone (each site
+/// computes the same figures for its own ledger; a site that missed rounds spent less).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PrivacyReport {
+    /// `none`, `record` or `site`.
+    pub unit: String,
+    /// `none`, `dp_sgd`, `distributed_discrete_gaussian` or `central_gaussian`.
+    pub mechanism: String,
+    pub target_epsilon: Option<f64>,
+    pub delta: Option<f64>,
+    /// Epsilon spent by a site that took part in the statistics step and every completed
+    /// round (the most any site spent); `None` without differential privacy.
+    pub epsilon_spent: Option<f64>,
+    pub noise_multiplier: Option<f64>,
+    pub clip_norm: Option<f64>,
+    /// Rounds charged.
+    pub rounds_charged: u32,
+    /// The guarantee in words, including its limits.
+    pub statement: String,
+    /// Each site's own ledger total for this job, where known (in simulation the ledgers are
+    /// local; otherwise each site shows its own with `site-agent ledger`).
+    #[serde(default)]
+    pub site_ledgers: BTreeMap<String, f64>,
+}
+
+impl PrivacyReport {
+    pub fn build(spec: &JobSpec, rounds_done: u32) -> PrivacyReport {
+        let none = |statement: String| PrivacyReport {
+            unit: "none".into(),
+            mechanism: "none".into(),
+            target_epsilon: None,
+            delta: None,
+            epsilon_spent: None,
+            noise_multiplier: None,
+            clip_norm: None,
+            rounds_charged: 0,
+            statement,
+            site_ledgers: BTreeMap::new(),
+        };
+        let plan = match spec.privacy_plan() {
+            Ok(Some(plan)) => plan,
+            Ok(None) => return none("no differential privacy: the model and the metrics are not protected against what they reveal about a patient or a site".into()),
+            Err(e) => return none(format!("the job's privacy plan could not be computed: {e}")),
+        };
+        let mut charges: Vec<fedcare_privacy::Charge> = plan.stats.iter().cloned().collect();
+        charges.extend(std::iter::repeat_n(plan.per_round.clone(), rounds_done as usize));
+        let spent = fedcare_privacy::epsilon_of(&charges, plan.delta).map(|(e, _)| e).ok();
+        let statement = match plan.mechanism {
+            "dp_sgd" => format!(
+                "record-level differential privacy: each site trained with DP-SGD (per-example clipping to {}, Poisson sampling rate {}, \
+                 exact discrete Gaussian noise, noise multiplier {:.4}) and noised its statistics; each patient's record is protected \
+                 at epsilon {:.3}, delta {:e} against anyone who sees the model, the coordinator included. Held-out evaluation counts \
+                 are exact aggregates and not covered.",
+                plan.clip_norm, plan.sampling_rate, plan.noise_multiplier, spent.unwrap_or(f64::NAN), plan.delta
+            ),
+            "distributed_discrete_gaussian" => format!(
+                "site-level differential privacy, distributed: each site clipped its update to L2 norm {} and added its share of \
+                 discrete Gaussian noise before secure aggregation; a whole site's contribution is protected at epsilon {:.3}, delta {:e}, \
+                 without trusting the coordinator.",
+                plan.clip_norm, spent.unwrap_or(f64::NAN), plan.delta
+            ),
+            _ => format!(
+                "site-level differential privacy, CENTRAL mode (weaker): sites clipped their updates to L2 norm {} and the coordinator \
+                 added the noise; the guarantee (epsilon {:.3}, delta {:e}) holds only if the coordinator is honest.",
+                plan.clip_norm, spent.unwrap_or(f64::NAN), plan.delta
+            ),
+        };
+        PrivacyReport {
+            unit: plan.unit.as_str().into(),
+            mechanism: plan.mechanism.into(),
+            target_epsilon: Some(plan.target_epsilon),
+            delta: Some(plan.delta),
+            epsilon_spent: spent,
+            noise_multiplier: Some(plan.noise_multiplier),
+            clip_norm: Some(plan.clip_norm),
+            rounds_charged: rounds_done,
+            statement,
+            site_ledgers: BTreeMap::new(),
+        }
     }
 }
 
@@ -187,14 +289,11 @@ fn protection(spec: &JobSpec) -> String {
     if sa.enabled {
         format!(
             "secure aggregation (SecAgg+): the coordinator saw only the sum of each round's surviving sites' \
-             updates, quantised in Z_2^{} with clip {} (tolerating a {} fraction of dropouts); no differential \
-             privacy yet: the sum itself is not noised",
+             updates, quantised in Z_2^{} with clip {} (tolerating a {} fraction of dropouts)",
             sa.bits, sa.clip, sa.dropout_fraction
         )
     } else {
-        "none: secure aggregation was disabled for this job, so the coordinator saw each site's update; \
-         no differential privacy"
-            .to_owned()
+        "none: secure aggregation was disabled for this job, so the coordinator saw each site's update".to_owned()
     }
 }
 
@@ -237,7 +336,7 @@ mod tests {
         let outcome = JobOutcome {
             model: vec![0.0; 16],
             standardization: Standardization { mean: vec![0.0; 15], std: vec![1.0; 15] },
-            rounds: vec![RoundRecord { round: 1, sites: vec![a.clone(), b.clone()], train_loss: 0.4, eval: total, started_ms: 5, finished_ms: 25 }],
+            rounds: vec![RoundRecord { round: 1, sites: vec![a.clone(), b.clone()], train_loss: Some(0.4), eval: total, started_ms: 5, finished_ms: 25 }],
             final_eval,
             train_examples: [(a, 20), (b, 60)].into_iter().collect(),
         };

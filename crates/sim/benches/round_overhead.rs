@@ -102,6 +102,11 @@ fn job_text(n: usize, rounds: u32) -> Result<String, String> {
     if let Some(toml::Value::Table(sa)) = table.get_mut("secure_aggregation") {
         sa.insert("enabled".into(), toml::Value::Boolean(false));
     }
+    // The no-op sites send no privatised updates: the bench measures coordination only.
+    if let Some(toml::Value::Table(p)) = table.get_mut("privacy") {
+        p.clear();
+        p.insert("unit".into(), toml::Value::String("none".into()));
+    }
     let text = toml::to_string(&table).map_err(|e| e.to_string())?;
     JobSpec::from_toml(&text, "bench job").map_err(|e| e.to_string())?;
     Ok(text)

@@ -58,6 +58,20 @@ pub struct SimOptions {
     pub pooled_reference: bool,
     /// Overrides the job's `secure_aggregation.enabled`.
     pub secure_aggregation: Option<bool>,
+    /// Overrides the job's differential privacy.
+    pub privacy: PrivacyOverride,
+}
+
+/// How a simulation changes the job's `[privacy]`.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum PrivacyOverride {
+    /// As the job spec says.
+    #[default]
+    AsSpecified,
+    /// No differential privacy (`unit = "none"`): for deterministic runs and comparisons.
+    Off,
+    /// The job's mechanism with this target epsilon.
+    TargetEpsilon(f64),
 }
 
 /// The finished simulation.
@@ -73,11 +87,11 @@ fn read(path: &Path) -> Result<String, SimError> {
 }
 
 /// The example's job spec text, with `rounds` and secure aggregation overridden if asked.
-pub fn job_text(example_dir: &Path, rounds: Option<u32>, secure_aggregation: Option<bool>) -> Result<(String, JobSpec), SimError> {
+pub fn job_text(example_dir: &Path, rounds: Option<u32>, secure_aggregation: Option<bool>, privacy: PrivacyOverride) -> Result<(String, JobSpec), SimError> {
     let path = example_dir.join("job.toml");
     let text = read(&path)?;
     let mut spec = JobSpec::from_toml(&text, &path.display().to_string())?;
-    if rounds.is_none() && secure_aggregation.is_none() {
+    if rounds.is_none() && secure_aggregation.is_none() && privacy == PrivacyOverride::AsSpecified {
         return Ok((text, spec));
     }
     // Re-serialise so the overrides are part of the spec (and so of its hash).
@@ -86,6 +100,18 @@ pub fn job_text(example_dir: &Path, rounds: Option<u32>, secure_aggregation: Opt
     }
     if let Some(on) = secure_aggregation {
         spec.secure_aggregation.enabled = on;
+    }
+    match privacy {
+        PrivacyOverride::AsSpecified => {}
+        PrivacyOverride::Off => {
+            spec.privacy = fedcare_job::PrivacySpec::none();
+        }
+        PrivacyOverride::TargetEpsilon(e) => {
+            if spec.privacy.unit == fedcare_job::PrivacyUnit::None {
+                return Err(SimError::Spec("a target epsilon was given but the job asks for no differential privacy (privacy.unit = \"none\")".into()));
+            }
+            spec.privacy.target_epsilon = Some(e);
+        }
     }
     spec.validate(&path.display().to_string())?;
     let text = toml::to_string(&spec).map_err(|e| SimError::Spec(format!("cannot write the edited job spec as TOML: {e}")))?;
@@ -110,7 +136,7 @@ pub fn site_configs(example_dir: &Path) -> Result<Vec<(AgentConfig, PathBuf)>, S
 /// Runs the federation; `progress` receives one line per notable event.
 pub async fn run(opts: &SimOptions, mut progress: impl FnMut(&Line)) -> Result<SimResult, SimError> {
     let started = Instant::now();
-    let (spec_text, spec) = job_text(&opts.example_dir, opts.rounds, opts.secure_aggregation)?;
+    let (spec_text, spec) = job_text(&opts.example_dir, opts.rounds, opts.secure_aggregation, opts.privacy)?;
     let sites = site_configs(&opts.example_dir)?;
     std::fs::create_dir_all(&opts.out_dir).map_err(|source| SimError::Write { path: opts.out_dir.clone(), source })?;
     let state = opts.out_dir.join("coordinator.redb");
@@ -133,8 +159,16 @@ pub async fn run(opts: &SimOptions, mut progress: impl FnMut(&Line)) -> Result<S
     let mut agents = Vec::new();
     let mut site_data = Vec::new();
     let mut audit_logs = Vec::new();
+    let ledger_dir = opts.out_dir.join("ledger");
+    // Fresh ledgers too: a simulation's sites have spent nothing before it.
+    let _ = std::fs::remove_dir_all(&ledger_dir);
+    let mut ledgers = Vec::new();
     for (mut cfg, base) in sites {
         cfg.site.coordinator = url.clone();
+        if let Some(p) = cfg.privacy.as_mut() {
+            p.ledger = ledger_dir.join(format!("{}.ledger.jsonl", cfg.site.id));
+            ledgers.push((cfg.site.id.clone(), p.ledger.clone()));
+        }
         let log = audit_dir.join(format!("{}.audit.jsonl", cfg.site.id));
         audit_logs.push((cfg.site.id.clone(), log.clone()));
         cfg.site.audit_log = Some(log);
@@ -167,6 +201,12 @@ pub async fn run(opts: &SimOptions, mut progress: impl FnMut(&Line)) -> Result<S
         }
     }
 
+    for (site, path) in &ledgers {
+        let ledger = fedcare_ledger::Ledger::open_read_only(path).map_err(|e| SimError::Spec(format!("ledger {}: {e}", path.display())))?;
+        if let Some(spend) = ledger.job_spend(&report.job_id) {
+            report.privacy.site_ledgers.insert(site.clone(), spend.epsilon);
+        }
+    }
     if opts.pooled_reference {
         note(&mut progress, "training the pooled reference (central model on the union of the training splits)".into());
         report.pooled_reference = Some(pooled_reference(&spec, &site_data)?);
