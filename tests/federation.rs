@@ -15,6 +15,7 @@ async fn heart_disease_example_reaches_the_accuracy_bar_and_matches_its_saved_mo
         pooled_reference: true,
         secure_aggregation: None,
         privacy: fedcare_sim::PrivacyOverride::Off,
+        mtls: true,
     };
     let mut lines = Vec::new();
     let result = fedcare_sim::run(&opts, |l| lines.push(l.text.clone())).await.expect("simulation runs");
@@ -91,6 +92,7 @@ async fn same_job_twice_gives_the_same_model() {
             pooled_reference: false,
             secure_aggregation: None,
             privacy: fedcare_sim::PrivacyOverride::Off,
+            mtls: true,
         };
         let result = fedcare_sim::run(&opts, |_| {}).await.expect("simulation runs");
         models.push(std::fs::read(&result.model_path).unwrap());

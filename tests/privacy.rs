@@ -17,6 +17,7 @@ async fn record_level_example_at_epsilon_8_reports_and_records_its_spend() {
         pooled_reference: false,
         secure_aggregation: None,
         privacy: fedcare_sim::PrivacyOverride::AsSpecified,
+        mtls: true,
     };
     let result = fedcare_sim::run(&opts, |_| {}).await.expect("simulation runs");
     let report = &result.report;
@@ -39,7 +40,7 @@ async fn record_level_example_at_epsilon_8_reports_and_records_its_spend() {
     // accountant at every order. The ledgers (integer orders only) may be looser, never tighter.
     let z = p.noise_multiplier.unwrap();
     let mut acc = RdpAccountant::new();
-    acc.compose_gaussian(4.0, 1).unwrap();
+    acc.compose_gaussian(p.stats_noise_multiplier.expect("stats noised"), 1).unwrap();
     acc.compose_poisson_gaussian(z, 0.04, 250).unwrap();
     let (continuous, _) = acc.epsilon(1e-5).unwrap();
     assert!(spent >= continuous && spent < continuous * 1.05, "ledger {spent} vs continuous accountant {continuous}");

@@ -29,15 +29,38 @@ fn run(cmd: &mut Command) -> (bool, String, String) {
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
+/// Enrols a party with the CLI as an operator would: `pki request` in the party's own folder,
+/// `pki sign` by the CA. Returns the party's TLS folder.
+fn enrol(dir: &std::path::Path, role: &str, name: &str, hosts: &[&str]) -> std::path::PathBuf {
+    let party = dir.join("tls").join(name);
+    let (ok, _, stderr) = run(Command::new(binary("coordinator")).args(["pki", "request", "--name", name, "--dir"]).arg(&party));
+    assert!(ok, "{stderr}");
+    let mut sign = Command::new(binary("coordinator"));
+    sign.args(["pki", "sign", "--role", role, "--name", name, "--ca"]).arg(dir.join("ca")).arg("--csr").arg(party.join(format!("{name}.csr")));
+    for h in hosts {
+        sign.args(["--host", h]);
+    }
+    let (ok, stdout, stderr) = run(&mut sign);
+    assert!(ok && stdout.contains("certificate"), "{stdout}{stderr}");
+    party
+}
+
 #[test]
 fn coordinator_and_four_site_agents_as_processes() {
     let dir = tempfile::tempdir().unwrap();
+    // The federation's PKI, with the CLI: a CA, then every party enrolled by CSR.
+    let (ok, _, stderr) = run(Command::new(binary("coordinator")).args(["pki", "init", "--federation", "process test", "--ca"]).arg(dir.path().join("ca")));
+    assert!(ok, "{stderr}");
+    let coordinator_tls = enrol(dir.path(), "coordinator", "coordinator", &["127.0.0.1"]);
+    let lead_tls = enrol(dir.path(), "research-lead", "lead", &[]);
     let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
+    let url = format!("https://127.0.0.1:{port}");
     let mut procs = Procs(Vec::new());
     procs.0.push(
         Command::new(binary("coordinator"))
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--state"])
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--tls"])
+            .arg(&coordinator_tls)
+            .arg("--state")
             .arg(dir.path().join("coordinator.redb"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -49,7 +72,13 @@ fn coordinator_and_four_site_agents_as_processes() {
         procs.0.push(
             Command::new(binary("site-agent"))
                 .args(["run", "--config"])
-                .arg(write_site_config(dir.path(), site))
+                .arg({
+                    let tls = enrol(dir.path(), "site", site, &[]);
+                    let path = write_site_config(dir.path(), site);
+                    let text = std::fs::read_to_string(&path).unwrap().replacen("[site]\n", &format!("[site]\ntls = {:?}\n", tls.display().to_string()), 1);
+                    std::fs::write(&path, text).unwrap();
+                    path
+                })
                 .args(["--coordinator", &url])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
@@ -61,7 +90,7 @@ fn coordinator_and_four_site_agents_as_processes() {
     // Wait until the four sites are connected (the agents retry until the coordinator is up).
     let started = Instant::now();
     loop {
-        let (ok, stdout, _) = run(Command::new(binary("coordinator")).args(["sites", "--coordinator", &url]));
+        let (ok, stdout, _) = run(Command::new(binary("coordinator")).args(["sites", "--coordinator", &url, "--tls"]).arg(&lead_tls));
         if ok && stdout.lines().count() == 4 {
             for site in SITES {
                 assert!(stdout.contains(site), "{stdout}");
@@ -78,7 +107,9 @@ fn coordinator_and_four_site_agents_as_processes() {
             .arg("submit")
             .arg(example_dir().join("job.toml"))
             .args(["--coordinator", &url, "--watch", "--out"])
-            .arg(&out),
+            .arg(&out)
+            .arg("--tls")
+            .arg(&lead_tls),
     );
     assert!(ok, "submit failed:\n{stdout}\n{stderr}");
     assert!(stderr.contains("round  10/10 done"), "progress shown per round:\n{stderr}");
@@ -103,10 +134,13 @@ fn coordinator_and_four_site_agents_as_processes() {
 
     // The same job id again is refused, and fetch gives the same report.
     let job_id = stdout.lines().next().unwrap().trim().to_owned();
-    let (ok, _, stderr) = run(Command::new(binary("coordinator")).arg("submit").arg(example_dir().join("job.toml")).args(["--coordinator", &url]));
+    let (ok, _, stderr) = run(Command::new(binary("coordinator")).arg("submit").arg(example_dir().join("job.toml")).args(["--coordinator", &url, "--tls"]).arg(&lead_tls));
     assert!(!ok && stderr.contains("already"), "{stderr}");
+    // A site's certificate cannot fetch the model: that is a research lead's act.
+    let (ok, _, stderr) = run(Command::new(binary("coordinator")).args(["fetch", &job_id, "--coordinator", &url, "--tls"]).arg(dir.path().join("tls/va")));
+    assert!(!ok && stderr.contains("not allowed"), "{stderr}");
     let fetched = dir.path().join("fetched");
-    let (ok, _, stderr) = run(Command::new(binary("coordinator")).args(["fetch", &job_id, "--coordinator", &url, "--out"]).arg(&fetched));
+    let (ok, _, stderr) = run(Command::new(binary("coordinator")).args(["fetch", &job_id, "--coordinator", &url, "--tls"]).arg(&lead_tls).arg("--out").arg(&fetched));
     assert!(ok, "{stderr}");
     assert_eq!(std::fs::read(fetched.join("model.safetensors")).unwrap(), std::fs::read(out.join("model.safetensors")).unwrap());
 }
@@ -146,7 +180,7 @@ fn bad_configs_are_refused_with_file_and_position_before_anything_starts() {
     assert!(stderr.contains("bad.data") && stderr.contains("line 3"), "{stderr}");
 
     // The coordinator cannot open a state file in a missing folder.
-    let (ok, _, stderr) = run(Command::new(binary("coordinator")).args(["serve", "--listen", "127.0.0.1:0", "--state", "/nonexistent-dir/x.redb"]));
+    let (ok, _, stderr) = run(Command::new(binary("coordinator")).args(["serve", "--insecure-plaintext", "--listen", "127.0.0.1:0", "--state", "/nonexistent-dir/x.redb"]));
     assert!(!ok);
     assert!(stderr.contains("/nonexistent-dir/x.redb"), "{stderr}");
 }
@@ -172,7 +206,7 @@ fn a_job_cut_short_by_a_coordinator_crash_fails_cleanly_after_restart() {
     let state = dir.path().join("coordinator.redb");
     let start = |port: u16| {
         Command::new(binary("coordinator"))
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--state"])
+            .args(["serve", "--insecure-plaintext", "--listen", &format!("127.0.0.1:{port}"), "--state"])
             .arg(&state)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

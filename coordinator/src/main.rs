@@ -19,10 +19,12 @@ Sites dial out to the coordinator; it never connects to them. Research leads sub
 Quick start (a whole federation of four simulated hospitals on this machine):
   coordinator simulate
 
-Separate processes:
-  coordinator serve --listen 127.0.0.1:50051 --state coordinator.redb
+Separate processes, with mutual TLS (see README.md, \"Run it as a real federation\"):
+  coordinator pki init --ca ca --federation demo
+  coordinator serve --listen 127.0.0.1:50051 --tls tls/coordinator
   site-agent run --config examples/heart-disease/sites/cleveland.toml   (one per site)
-  coordinator submit examples/heart-disease/job.toml --watch --out out/")]
+  coordinator submit examples/heart-disease/job.toml --coordinator https://127.0.0.1:50051 \\
+      --tls tls/lead --watch --out out/")]
 struct Cli {
     #[command(flatten)]
     global: fedcare_cli::GlobalArgs,
@@ -33,6 +35,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the site and admin gRPC services until Ctrl-C.
+    #[command(group = clap::ArgGroup::new("security").required(true).args(["tls", "insecure_plaintext"]))]
     Serve {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:50051")]
@@ -40,6 +43,20 @@ enum Command {
         /// The coordinator's state file (created if missing): jobs, rounds, models, results.
         #[arg(long, default_value = "coordinator.redb")]
         state: PathBuf,
+        /// The coordinator's TLS folder: its key (<name>.key), its certificate (<name>.pem,
+        /// role coordinator), ca.pem and crl.pem. Every connection is then mutual TLS, and
+        /// crl.pem is re-read when it changes.
+        #[arg(long, env = "FEDCARE_TLS")]
+        tls: Option<PathBuf>,
+        /// Serve without TLS or authentication (sites are known by the name they send). For
+        /// development on one machine only.
+        #[arg(long)]
+        insecure_plaintext: bool,
+    },
+    /// The federation's certificate authority and enrolment (runs locally).
+    Pki {
+        #[command(subcommand)]
+        command: PkiCommand,
     },
     /// Run a whole federation in this process over real gRPC on localhost: a coordinator and
     /// one site agent per file in EXAMPLE/sites, on the bundled data.
@@ -59,6 +76,9 @@ enum Command {
         /// Turn secure aggregation off (the coordinator then sees each site's update).
         #[arg(long)]
         no_secure_aggregation: bool,
+        /// Plaintext gRPC instead of mutual TLS between the simulated parties.
+        #[arg(long)]
+        no_mtls: bool,
         /// Override the job's target epsilon (same mechanism and unit).
         #[arg(long, conflicts_with = "no_privacy")]
         epsilon: Option<f64>,
@@ -70,8 +90,8 @@ enum Command {
     Submit {
         /// The job spec (TOML).
         job: PathBuf,
-        #[arg(long, default_value = "http://127.0.0.1:50051", env = "FEDCARE_COORDINATOR")]
-        coordinator: String,
+        #[command(flatten)]
+        remote: Remote,
         /// Follow the job until it ends, then print the results.
         #[arg(long)]
         watch: bool,
@@ -82,13 +102,13 @@ enum Command {
     /// Follow a job's progress (replays what happened so far).
     Watch {
         job_id: String,
-        #[arg(long, default_value = "http://127.0.0.1:50051", env = "FEDCARE_COORDINATOR")]
-        coordinator: String,
+        #[command(flatten)]
+        remote: Remote,
     },
     /// List the sites connected to a coordinator.
     Sites {
-        #[arg(long, default_value = "http://127.0.0.1:50051", env = "FEDCARE_COORDINATOR")]
-        coordinator: String,
+        #[command(flatten)]
+        remote: Remote,
     },
     /// Privacy planning for research leads (runs locally; contacts no coordinator).
     Privacy {
@@ -98,11 +118,103 @@ enum Command {
     /// Download a finished job's model and report.
     Fetch {
         job_id: String,
-        #[arg(long, default_value = "http://127.0.0.1:50051", env = "FEDCARE_COORDINATOR")]
-        coordinator: String,
+        #[command(flatten)]
+        remote: Remote,
         /// Output folder.
         #[arg(long, default_value = "out")]
         out: PathBuf,
+    },
+}
+
+/// How a research lead's command reaches the coordinator.
+#[derive(clap::Args)]
+struct Remote {
+    /// The coordinator's URL: https:// (mutual TLS, needs --tls) or http:// (development).
+    #[arg(long, default_value = "http://127.0.0.1:50051", env = "FEDCARE_COORDINATOR")]
+    coordinator: String,
+    /// Your TLS folder (your <name>.key, the <name>.pem the CA signed, ca.pem).
+    #[arg(long, env = "FEDCARE_TLS")]
+    tls: Option<PathBuf>,
+}
+
+impl Remote {
+    async fn connect(&self) -> Result<AdminClient> {
+        let party = match &self.tls {
+            Some(dir) => Some(fedcare_pki::PartyFiles::load(dir).with_context(|| format!("TLS folder {}", dir.display()))?),
+            None => None,
+        };
+        Ok(AdminClient::connect_as(&self.coordinator, party.as_ref()).await?)
+    }
+}
+
+#[derive(Subcommand)]
+enum PkiCommand {
+    /// Create the federation's CA in a new folder (its key never leaves it).
+    #[command(after_help = "Example:\n  coordinator pki init --ca ca --federation heart-study")]
+    Init {
+        /// The CA's folder (created; must not hold a CA already).
+        #[arg(long)]
+        ca: PathBuf,
+        /// The federation's name (in the CA certificate).
+        #[arg(long)]
+        federation: String,
+        /// Validity of the CA certificate in days.
+        #[arg(long, default_value_t = 3650)]
+        days: u32,
+    },
+    /// Make a key and a certificate signing request in a party's TLS folder. Run it on the
+    /// party's own machine: the key stays there; send the .csr to the CA's operator.
+    #[command(after_help = "Example:\n  coordinator pki request --dir tls/lead --name alice")]
+    Request {
+        /// The party's TLS folder (created if missing).
+        #[arg(long)]
+        dir: PathBuf,
+        /// The party's name (file names; the CA decides the certificate's identity).
+        #[arg(long)]
+        name: String,
+    },
+    /// Sign a CSR as the CA: the role and name are the CA operator's decision, never the CSR's.
+    /// Writes the certificate, and copies ca.pem and the current crl.pem, into --out's folder.
+    #[command(after_help = "Examples:\n  coordinator pki sign --ca ca --csr tls/cleveland/cleveland.csr --role site --name cleveland\n  coordinator pki sign --ca ca --csr tls/coordinator/coordinator.csr --role coordinator --name coordinator --host 127.0.0.1 --host localhost")]
+    Sign {
+        #[arg(long)]
+        ca: PathBuf,
+        /// The party's certificate signing request.
+        #[arg(long)]
+        csr: PathBuf,
+        /// coordinator, site, research-lead or operator.
+        #[arg(long)]
+        role: String,
+        /// The party's name: a site's id, a person's or service's name.
+        #[arg(long)]
+        name: String,
+        /// DNS names or IP addresses the coordinator serves under (coordinator only).
+        #[arg(long)]
+        host: Vec<String>,
+        /// Validity in days.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        /// Where to write the certificate (default: beside the CSR, <stem>.pem).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Revoke a certificate and issue a new CRL (crl.pem in the CA folder; give it to the
+    /// coordinator, which reloads it).
+    #[command(group = clap::ArgGroup::new("which").required(true).args(["serial", "cert"]))]
+    Revoke {
+        #[arg(long)]
+        ca: PathBuf,
+        /// The certificate's serial (as `pki list` shows it).
+        #[arg(long)]
+        serial: Option<String>,
+        /// The certificate file.
+        #[arg(long)]
+        cert: Option<PathBuf>,
+    },
+    /// List the certificates this CA issued, with their status.
+    List {
+        #[arg(long)]
+        ca: PathBuf,
     },
 }
 
@@ -170,6 +282,59 @@ fn privacy_plan(noise: Option<f64>, target: Option<f64>, q: f64, steps: u64, del
     Ok(())
 }
 
+fn pki(command: PkiCommand) -> Result<()> {
+    match command {
+        PkiCommand::Init { ca, federation, days } => {
+            fedcare_pki::init_ca(&ca, &federation, days)?;
+            fedcare_pki::crl(&ca)?;
+            println!("CA for {federation:?} created in {} (ca.pem is every party's trust anchor; ca.key never leaves this folder)", ca.display());
+        }
+        PkiCommand::Request { dir, name } => {
+            let (key, csr) = fedcare_pki::make_key_and_csr(&dir, &name)?;
+            println!("key: {} (stays on this machine)\nrequest: {} (send it to the CA's operator)", key.display(), csr.display());
+        }
+        PkiCommand::Sign { ca, csr, role, name, host, days, out } => {
+            let role: fedcare_pki::Role = role.parse()?;
+            let hosts = host.iter().map(|h| h.parse()).collect::<Result<Vec<fedcare_pki::HostName>, _>>()?;
+            let csr_pem = std::fs::read_to_string(&csr).with_context(|| format!("cannot read {}", csr.display()))?;
+            let cert = fedcare_pki::sign_csr(&ca, &csr_pem, role, &name, fedcare_pki::Validity::Days(days), &hosts)?;
+            let out = out.unwrap_or_else(|| csr.with_extension("pem"));
+            let folder = out.parent().map(Path::to_path_buf).unwrap_or_default();
+            std::fs::write(&out, cert).with_context(|| format!("cannot write {}", out.display()))?;
+            std::fs::copy(ca.join(fedcare_pki::CA_FILE), folder.join(fedcare_pki::CA_FILE)).context("cannot copy ca.pem")?;
+            std::fs::copy(ca.join(fedcare_pki::CRL_FILE), folder.join(fedcare_pki::CRL_FILE)).context("cannot copy crl.pem")?;
+            println!("{role} {name:?}: certificate {} ({days} days); ca.pem and crl.pem copied beside it", out.display());
+        }
+        PkiCommand::Revoke { ca, serial, cert } => {
+            let newly = match (serial, cert) {
+                (Some(s), _) => fedcare_pki::revoke(&ca, fedcare_pki::Revoke::Serial(&s.parse()?))?,
+                (None, Some(c)) => {
+                    let pem = std::fs::read_to_string(&c).with_context(|| format!("cannot read {}", c.display()))?;
+                    fedcare_pki::revoke(&ca, fedcare_pki::Revoke::CertPem(&pem))?
+                }
+                (None, None) => bail!("give --serial or --cert"),
+            };
+            fedcare_pki::crl(&ca)?;
+            println!(
+                "{}; new CRL in {} (copy it to the coordinator's TLS folder as crl.pem: it reloads it within seconds)",
+                if newly { "revoked" } else { "already revoked" },
+                ca.join(fedcare_pki::CRL_FILE).display()
+            );
+        }
+        PkiCommand::List { ca } => {
+            let now = std::time::SystemTime::now();
+            for i in fedcare_pki::list_issued(&ca)? {
+                let validity = match i.not_after.duration_since(now) {
+                    Ok(left) => format!("valid {} more days", left.as_secs() / 86_400),
+                    Err(_) => "EXPIRED".to_owned(),
+                };
+                println!("{:<42} {:<36} {validity}{}", i.serial.to_string(), i.identity.to_string(), if i.revoked { ", REVOKED" } else { "" });
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Resolves the example folder: as given, or inside the source tree this binary was built from
 /// (so `coordinator simulate` works from any directory of a clone).
 fn example_dir(given: &Path) -> PathBuf {
@@ -201,11 +366,20 @@ fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Serve { listen, state } => {
+        Command::Serve { listen, state, tls, insecure_plaintext: _ } => {
             fedcare_cli::init_logging(cli.global.log_format, "info");
-            fedcare_server::serve(listen, &state, fedcare_cli::shutdown_signal()).await.context("coordinator stopped")?;
+            let security = match tls {
+                Some(dir) => {
+                    let party = fedcare_pki::PartyFiles::load(&dir).with_context(|| format!("TLS folder {}", dir.display()))?;
+                    let tls = party.server().with_context(|| format!("TLS folder {}", dir.display()))?;
+                    fedcare_server::Security::MutualTls { tls, crl_path: Some(dir.join(fedcare_pki::CRL_FILE)) }
+                }
+                None => fedcare_server::Security::Plaintext,
+            };
+            fedcare_server::serve(listen, &state, security, fedcare_cli::shutdown_signal()).await.context("coordinator stopped")?;
         }
-        Command::Simulate { example, rounds, out, no_pooled_reference, no_secure_aggregation, epsilon, no_privacy } => {
+        Command::Pki { command } => pki(command)?,
+        Command::Simulate { example, rounds, out, no_pooled_reference, no_secure_aggregation, no_mtls, epsilon, no_privacy } => {
             fedcare_cli::init_logging(cli.global.log_format, "warn");
             let opts = fedcare_sim::SimOptions {
                 example_dir: example_dir(&example),
@@ -213,6 +387,7 @@ async fn run(cli: Cli) -> Result<()> {
                 out_dir: out,
                 pooled_reference: !no_pooled_reference,
                 secure_aggregation: no_secure_aggregation.then_some(false),
+                mtls: !no_mtls,
                 privacy: match (epsilon, no_privacy) {
                     (Some(e), _) => fedcare_sim::PrivacyOverride::TargetEpsilon(e),
                     (None, true) => fedcare_sim::PrivacyOverride::Off,
@@ -233,12 +408,12 @@ async fn run(cli: Cli) -> Result<()> {
                 result.wall.as_secs_f64()
             );
         }
-        Command::Submit { job, coordinator, watch, out } => {
+        Command::Submit { job, remote, watch, out } => {
             fedcare_cli::init_logging(cli.global.log_format, "warn");
             let text = std::fs::read_to_string(&job).with_context(|| format!("cannot read {}", job.display()))?;
             // Check locally first, so a typo is reported with this file's name and position.
             let spec = fedcare_job::JobSpec::from_toml(&text, &job.display().to_string())?;
-            let mut admin = AdminClient::connect(&coordinator).await?;
+            let mut admin = remote.connect().await?;
             let id = admin.submit(&text).await?;
             println!("{id}");
             if watch {
@@ -252,19 +427,19 @@ async fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
-        Command::Watch { job_id, coordinator } => {
+        Command::Watch { job_id, remote } => {
             fedcare_cli::init_logging(cli.global.log_format, "warn");
-            let mut admin = AdminClient::connect(&coordinator).await?;
+            let mut admin = remote.connect().await?;
             let mut printer = ProgressPrinter::default();
             let report = admin.watch(&job_id, |e| if let Some(l) = describe(e, 0) { printer.print(&l) }).await?;
             print!("{}", report.table());
         }
-        Command::Sites { coordinator } => {
+        Command::Sites { remote } => {
             fedcare_cli::init_logging(cli.global.log_format, "warn");
-            let mut admin = AdminClient::connect(&coordinator).await?;
+            let mut admin = remote.connect().await?;
             let sites = admin.sites().await?;
             if sites.is_empty() {
-                bail!("no site is connected to {coordinator}");
+                bail!("no site is connected to {}", remote.coordinator);
             }
             for s in sites {
                 let job = if s.job_id.is_empty() { "idle".to_owned() } else { format!("in job {}", &s.job_id[..12.min(s.job_id.len())]) };
@@ -274,9 +449,9 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Privacy { command: PrivacyCommand::Plan { noise_multiplier, target_epsilon, sampling_rate, steps, delta, output } } => {
             privacy_plan(noise_multiplier, target_epsilon, sampling_rate, steps, delta, output)?;
         }
-        Command::Fetch { job_id, coordinator, out } => {
+        Command::Fetch { job_id, remote, out } => {
             fedcare_cli::init_logging(cli.global.log_format, "warn");
-            let mut admin = AdminClient::connect(&coordinator).await?;
+            let mut admin = remote.connect().await?;
             let (model, report) = admin.fetch(&job_id).await?;
             print!("{}", report.table());
             write_outputs(&out, &model, &report)?;

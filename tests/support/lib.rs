@@ -73,7 +73,7 @@ impl TestCoordinator {
             let shutdown = async move {
                 let _ = rx.wait_for(|s| *s).await;
             };
-            fedcare_server::serve_on(listener, coordinator, shutdown).await.expect("coordinator serves");
+            fedcare_server::serve_on(listener, coordinator, fedcare_server::Security::Plaintext, shutdown).await.expect("coordinator serves");
         });
         TestCoordinator { url: format!("http://{addr}"), addr, stop, server: Some(server), state_dir }
     }

@@ -39,6 +39,21 @@ pub struct SiteSection {
     /// before the agent acts on it.
     #[serde(default)]
     pub audit_log: Option<PathBuf>,
+    /// This site's TLS folder (its key, the certificate the federation's CA signed for it
+    /// with role `site` and this site's id, `ca.pem`, optionally `crl.pem`), relative to this
+    /// file. Required when `coordinator` is an `https://` URL: the connection is then mutual
+    /// TLS and the coordinator knows the site by its certificate.
+    #[serde(default)]
+    pub tls: Option<PathBuf>,
+    /// This site's policy (`[policy]`: models, columns, privacy limits, secure aggregation,
+    /// other participants, automatic or manual approval; see `fedcare-policy`), relative to
+    /// this file. Every job offer is checked against it before the site's data is read, and
+    /// manual approvals are kept in `approvals/` beside it (`site-agent jobs`). The file is
+    /// read at start (an invalid policy stops the agent) and again at every offer, so an edit
+    /// applies to the next job. Without it, any job the data and the privacy budget can
+    /// serve is joined.
+    #[serde(default)]
+    pub policy: Option<PathBuf>,
 }
 
 /// `[privacy]`: this site's own privacy budget. The site, not the coordinator, enforces it.

@@ -44,10 +44,14 @@ pub enum AgentError {
     Audit(String),
     #[error("the site's privacy ledger: {0}")]
     Ledger(String),
+    #[error("the site's TLS folder: {0}")]
+    Tls(String),
 }
 
 /// A running site agent.
 pub struct Agent {
+    /// Mutual TLS to the coordinator (`https://`), or `None` for a development `http://` one.
+    tls: Option<fedcare_pki::ClientTls>,
     audit: Option<fedcare_audit::AuditLog>,
     site: SiteId,
     coordinator: String,
@@ -94,13 +98,49 @@ impl Agent {
             }
             None => None,
         };
+        let tls = match (&config.site.tls, config.site.coordinator.starts_with("https://")) {
+            (Some(dir), true) => {
+                let dir = base_dir.join(dir);
+                let party = fedcare_pki::PartyFiles::load(&dir).map_err(|e| AgentError::Tls(format!("{}: {e}", dir.display())))?;
+                let id = &party.identity;
+                // The coordinator will know this site by its certificate: a certificate for
+                // another site or role would be refused there, so say it here, clearly.
+                if id.role() != fedcare_pki::Role::Site || id.name() != site.as_str() {
+                    return Err(AgentError::Tls(format!(
+                        "{}: the certificate is for {id}, but this site's id is {site:?}; ask the CA for a site certificate named {site}",
+                        dir.display()
+                    )));
+                }
+                let host = fedcare_pki::url_host(&config.site.coordinator).map_err(|e| AgentError::Tls(e.to_string()))?;
+                Some(party.client(&host).map_err(|e| AgentError::Tls(format!("{}: {e}", dir.display())))?)
+            }
+            (None, true) => {
+                return Err(AgentError::Tls(format!(
+                    "the coordinator {} is https://: set [site].tls to this site's TLS folder",
+                    config.site.coordinator
+                )));
+            }
+            (Some(_), false) => {
+                return Err(AgentError::Tls(format!(
+                    "[site].tls is set but the coordinator {} is http://; use its https:// URL",
+                    config.site.coordinator
+                )));
+            }
+            (None, false) => {
+                warn!(site = %site, coordinator = %config.site.coordinator, "connecting WITHOUT TLS (http://): for development only");
+                None
+            }
+        };
+        // The site's policy, checked now so that an invalid one stops the agent at start.
+        let policy = work::SitePolicy::from_config(&config.site, &base_dir)?;
         Ok(Agent {
+            tls,
             audit,
             site: site.clone(),
             coordinator: config.site.coordinator.clone(),
             identity_public_key: identity.public_key(),
             session,
-            work: work::Worker::new(site, config.data, base_dir, identity, budget),
+            work: work::Worker::new(site, config.data, base_dir, identity, budget, policy),
         })
     }
 
@@ -112,14 +152,19 @@ impl Agent {
     /// whenever the coordinator is unreachable or the stream breaks.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
         let endpoint = Channel::from_shared(self.coordinator.clone()).map_err(|_| AgentError::BadUrl(self.coordinator.clone()))?;
+        let tls = self.tls.take();
         let span = info_span!("site", site = %self.site);
         tokio::pin!(shutdown);
         let mut backoff = Duration::from_millis(200);
         loop {
             let attempt = async {
-                match endpoint.connect().await {
+                let connected = match &tls {
+                    Some(tls) => tls.connect(&self.coordinator).await.map_err(|e| e.to_string()),
+                    None => endpoint.connect().await.map_err(|e| format!("cannot reach {}: {e}", self.coordinator)),
+                };
+                match connected {
                     Ok(channel) => self.serve(SiteServiceClient::new(channel)).await,
-                    Err(e) => Err(format!("cannot reach {}: {e}", self.coordinator)),
+                    Err(e) => Err(e),
                 }
             }
             .instrument(span.clone());
@@ -212,7 +257,8 @@ impl Agent {
             let decision = match &reply_kind {
                 ReplyKind::Decision { accept: true, .. } => Some(AuditEvent::JobApproved {
                     job_id: job.to_string(),
-                    by: "automatic: this site's data maps onto the job's schema".into(),
+                    // `automatic: policy`, `<admin> (manual)`, or (no policy) the data mapping.
+                    by: self.work.approved_by(&job),
                 }),
                 ReplyKind::Decision { accept: false, reason } => Some(AuditEvent::JobRefused { job_id: job.to_string(), reason: reason.clone() }),
                 _ => None,

@@ -2,17 +2,20 @@
 //! returns is a [`ReplyKind`], the only shape of data that may leave.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use fedcare_data::{Dataset, FeatureSums, SiteDataConfig, Standardization};
 use fedcare_job::{JobId, JobSpec, PrivacyPlan};
 use fedcare_models::{FlatParams, metrics};
+use fedcare_policy::{Approvals, Policy, Verdict};
 use fedcare_protocol::messages::{EvalCounts, EvalReport, ModelUpdate};
 use fedcare_protocol::{ReplyKind, SiteId, Work};
 use fedcare_secagg::{AdvertiseKeys, EncryptedShare, Encoder, IdentityKey, UnmaskRequest};
 use tracing::{info, warn};
 
+use crate::config::{ConfigError, SiteSection};
 use crate::private::{self, Budget};
 use zeroize::Zeroizing;
 
@@ -50,9 +53,65 @@ impl JobData {
     }
 }
 
+/// The site's policy file (`[site].policy`); manual approvals live in `approvals/` beside it.
+///
+/// Only the path is kept: the file is read again at every offer, so what the privacy officer
+/// saved last is what the next job is judged by.
+pub(crate) struct SitePolicy {
+    path: PathBuf,
+}
+
+/// How often a job waiting for manual approval looks at the approvals store.
+const APPROVAL_POLL: Duration = Duration::from_millis(500);
+/// The reason given to the coordinator for a job not approved before the offer's deadline.
+pub(crate) const AWAITING_APPROVAL: &str = "awaiting approval by the site's administrator";
+/// What the audit log says approved a job when the site has no policy.
+const NO_POLICY_APPROVAL: &str = "automatic: this site's data maps onto the job's schema";
+
+impl SitePolicy {
+    /// The policy `[site].policy` names (relative to `base_dir`), read once now so that a
+    /// missing or invalid policy stops the agent at start rather than at the first offer.
+    /// Without one, logs a warning that no policy restricts jobs and returns `None`.
+    pub(crate) fn from_config(site: &SiteSection, base_dir: &Path) -> Result<Option<SitePolicy>, ConfigError> {
+        let Some(relative) = &site.policy else {
+            warn!(site = %site.id, "no site policy configured ([site].policy): no policy restricts which jobs this site joins");
+            return Ok(None);
+        };
+        let path = base_dir.join(relative);
+        let invalid = |message: String| ConfigError::Invalid { field: "site.policy".into(), message };
+        let policy = Policy::load(&path).map_err(|e| invalid(e.to_string()))?;
+        let approval = match policy.approval() {
+            fedcare_policy::Approval::Automatic => "automatic",
+            fedcare_policy::Approval::Manual => {
+                let dir = Approvals::beside(&path);
+                let approvals = Approvals::open(&dir).map_err(|e| invalid(format!("the approvals store: {e}")))?;
+                let pending = approvals.pending().map_err(|e| invalid(format!("the approvals store: {e}")))?;
+                if !pending.is_empty() {
+                    info!(site = %site.id, pending = pending.len(), "jobs are waiting for approval (`site-agent jobs list`)");
+                }
+                "manual"
+            }
+        };
+        info!(site = %site.id, policy = %path.display(), approval, "every job offer is checked against this site's policy");
+        Ok(Some(SitePolicy { path }))
+    }
+}
+
+/// What the policy says about an offer that breaks none of its rules.
+enum Admission {
+    /// Join; the text says who or what approved the job (for the audit log).
+    Approved(String),
+    /// Join only once the site's admin approves the job in this store.
+    AwaitApproval(Approvals),
+}
+
 pub(crate) struct Worker {
     /// The site's privacy ledger and caps; without one, privacy jobs are refused.
     budget: Option<Arc<Budget>>,
+    /// The site's policy; without one, every job the data and the budget can serve is joined.
+    policy: Option<SitePolicy>,
+    /// Who or what approved each job this site accepted, until the audit log has it.
+    approved_by: BTreeMap<JobId, String>,
     site: SiteId,
     data: SiteDataConfig,
     base_dir: PathBuf,
@@ -61,8 +120,22 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
-    pub(crate) fn new(site: SiteId, data: SiteDataConfig, base_dir: PathBuf, identity: IdentityKey, budget: Option<Arc<Budget>>) -> Worker {
-        Worker { budget, site, data, base_dir, jobs: BTreeMap::new(), identity: Arc::new(identity) }
+    pub(crate) fn new(
+        site: SiteId,
+        data: SiteDataConfig,
+        base_dir: PathBuf,
+        identity: IdentityKey,
+        budget: Option<Arc<Budget>>,
+        policy: Option<SitePolicy>,
+    ) -> Worker {
+        Worker { budget, policy, approved_by: BTreeMap::new(), site, data, base_dir, jobs: BTreeMap::new(), identity: Arc::new(identity) }
+    }
+
+    /// Who or what approved a job this site has just accepted, for the audit log's
+    /// `JobApproved` entry: `automatic: policy`, `<admin> (manual)`, or, without a policy, that
+    /// the site's data maps onto the job.
+    pub(crate) fn approved_by(&mut self, job: &JobId) -> String {
+        self.approved_by.remove(job).unwrap_or_else(|| NO_POLICY_APPROVAL.to_owned())
     }
 
     /// Performs accepted work; `None` means there is nothing to reply (the job ended).
@@ -165,8 +238,16 @@ impl Worker {
         }
     }
 
-    /// Loads and splits this site's file for the job's schema; refuses if it does not map.
+    /// Decides whether to join a job, in this order, each step before the site's data is read:
+    /// the site's policy (a job that breaks a rule is refused, with every rule it breaks as
+    /// the reason), the site's privacy budget, and with manual approval the admin's approval
+    /// (waited for until shortly before the offer's deadline). Only then is the site's file
+    /// loaded and split for the job's schema; it is refused if it does not map.
     async fn decide(&mut self, job: JobId, spec: Arc<JobSpec>) -> ReplyKind {
+        let admission = match self.admit(&job, &spec) {
+            Ok(a) => a,
+            Err(reason) => return ReplyKind::Decision { accept: false, reason },
+        };
         // The site's own view of what the job will spend, checked against its own caps first:
         // a job over budget is refused before the data is even read.
         let plan = match spec.privacy_plan() {
@@ -184,6 +265,13 @@ impl Worker {
             }
             info!(job = %job.short(), plan = %plan.summary(), "the job's privacy plan fits this site's budget");
         }
+        let approved_by = match admission {
+            Admission::Approved(by) => by,
+            Admission::AwaitApproval(approvals) => match await_approval(&job, &spec, &approvals).await {
+                Ok(by) => by,
+                Err(reason) => return ReplyKind::Decision { accept: false, reason },
+            },
+        };
         let (cfg, base) = (self.data.clone(), self.base_dir.clone());
         let loaded = tokio::task::spawn_blocking(move || {
             let (ds, report) = fedcare_data::load(&spec.schema, &cfg, &base)?;
@@ -201,6 +289,7 @@ impl Worker {
                     test = test.len(),
                     "job accepted: data mapped onto the job's schema"
                 );
+                self.approved_by.insert(job.clone(), approved_by);
                 self.jobs.insert(job, JobData { train, test, scaled: None, secure: None, plan, weight: None });
                 ReplyKind::Decision { accept: true, reason: String::new() }
             }
@@ -211,6 +300,41 @@ impl Worker {
                 ReplyKind::Decision { accept: false, reason: "the site's data does not match the job's schema (details in the site's log)".into() }
             }
             Err(e) => ReplyKind::Decision { accept: false, reason: format!("the site could not load its data: {e}") },
+        }
+    }
+
+    /// The site's policy on an offer: refused (the reason, every rule the job breaks, is safe
+    /// to send), approved at once, or waiting for the admin. Reads the policy file (and with
+    /// manual approval the approvals store), never the site's data. Fails closed: a policy or
+    /// store that cannot be read refuses the job.
+    fn admit(&self, job: &JobId, spec: &JobSpec) -> Result<Admission, String> {
+        let Some(site_policy) = &self.policy else { return Ok(Admission::Approved(NO_POLICY_APPROVAL.to_owned())) };
+        let policy = Policy::load(&site_policy.path).map_err(|e| {
+            warn!(job = %job.short(), error = %e, "job declined: this site's policy file cannot be used");
+            "this site's policy file cannot be used (details in the site's log)".to_owned()
+        })?;
+        let evaluation = policy.evaluate(spec);
+        match evaluation.verdict() {
+            Verdict::Refuse(violations) => {
+                let reason = evaluation.refusal_reason().unwrap_or_else(|| "this site's policy refuses the job".to_owned());
+                let rules: Vec<&str> = violations.iter().map(|v| v.category()).collect();
+                warn!(job = %job.short(), name = %spec.name, rules = %rules.join(","), %reason, "job declined by this site's policy; its data was not read");
+                Err(reason)
+            }
+            Verdict::Approve => {
+                info!(job = %job.short(), name = %spec.name, "the job passes this site's policy (automatic approval)");
+                Ok(Admission::Approved("automatic: policy".to_owned()))
+            }
+            Verdict::AwaitApproval => {
+                let approvals = Approvals::open(Approvals::beside(&site_policy.path)).map_err(store_error(job))?;
+                match approvals.approval(job.as_str()).map_err(store_error(job))? {
+                    Some(record) => {
+                        info!(job = %job.short(), name = %spec.name, by = %record.approved_by, "the job passes this site's policy and was approved");
+                        Ok(Admission::Approved(format!("{} (manual)", record.approved_by)))
+                    }
+                    None => Ok(Admission::AwaitApproval(approvals)),
+                }
+            }
         }
     }
 
@@ -256,6 +380,68 @@ impl Worker {
             Err(e) => Err(format!("local work crashed: {e}")),
         }
     }
+}
+
+/// Waits for the site's admin to approve a job that passes the policy: records it as pending
+/// (with its spec, for `site-agent jobs show`), says once in the log how to approve it, and
+/// looks at the approvals store every [`APPROVAL_POLL`] until it is approved (`Ok`, naming the
+/// approver) or the offer's deadline is near (`Err`, [`AWAITING_APPROVAL`]). A job declined
+/// for want of approval stays pending: approved later, it is joined when offered again.
+///
+/// This site's tasks are handled in order, so its next task waits too; the wait ends before
+/// the coordinator's offer deadline, so the refusal still reaches it.
+async fn await_approval(job: &JobId, spec: &JobSpec, approvals: &Approvals) -> Result<String, String> {
+    let deadline = tokio::time::Instant::now() + approval_wait(spec.deadlines.offer_secs);
+    // The spec as text for the admin's review. Its id is checked against the job's hash by the
+    // store, so the review is of exactly the job being approved.
+    let spec_toml = toml::to_string(spec).map_err(|e| {
+        warn!(job = %job.short(), error = %e, "job declined: its spec cannot be recorded for review");
+        "the job cannot be recorded for the site's administrator to review (details in the site's log)".to_owned()
+    })?;
+    approvals.record_pending(job.as_str(), &spec_toml, now_ms()).map_err(store_error(job))?;
+    info!(
+        job = %job.short(),
+        name = %spec.name,
+        "job {} ({}) waits for approval: review it with `site-agent jobs show {job}` and run `site-agent jobs approve {job}` (with --config and this site's config)",
+        spec.name,
+        job.short(),
+    );
+    loop {
+        if let Some(record) = approvals.approval(job.as_str()).map_err(store_error(job))? {
+            info!(job = %job.short(), by = %record.approved_by, "job approved by the site's administrator");
+            return Ok(format!("{} (manual)", record.approved_by));
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            warn!(
+                job = %job.short(),
+                "job declined: not approved before the offer's deadline; it stays pending, and if approved it is joined when offered again"
+            );
+            return Err(AWAITING_APPROVAL.to_owned());
+        }
+        tokio::time::sleep(APPROVAL_POLL.min(deadline - now)).await;
+    }
+}
+
+/// How long a job may wait for approval: the offer's deadline less a margin (a quarter, at most
+/// two seconds), since the coordinator counts from when it sent the offer and the refusal must
+/// reach it in time.
+fn approval_wait(offer_secs: u64) -> Duration {
+    let total = Duration::from_secs(offer_secs);
+    total - (total / 4).min(Duration::from_secs(2))
+}
+
+/// Logs an approvals-store failure in full; the coordinator learns only that the site could not
+/// check approvals (fail closed: the job is declined).
+fn store_error(job: &JobId) -> impl FnOnce(fedcare_policy::ApprovalError) -> String + '_ {
+    move |e| {
+        warn!(job = %job.short(), error = %e, "job declined: this site's approvals store cannot be used");
+        "this site's approvals store cannot be used (details in the site's log)".to_owned()
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The statistics step: exact sums without a privacy plan; otherwise the noised release,
@@ -411,4 +597,207 @@ fn train_locally(
         .map_err(|e| format!("local training failed: {e}"))?;
     let delta: Vec<f32> = out.params.values.iter().zip(&start.values).map(|(a, b)| a - b).collect();
     Ok(ModelUpdate { round, num_examples: train.len() as u64, delta, train_loss: out.mean_loss })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::AgentConfig;
+
+    const SITE: &str = include_str!("../../../examples/heart-disease/sites/cleveland.toml");
+    const JOB: &str = include_str!("../../../examples/heart-disease/job.toml");
+    const EXAMPLE_POLICY: &str = include_str!("../../../examples/heart-disease/sites/policy/policy.toml");
+    /// The example job's columns: its ten features and its label.
+    const COLUMNS: [&str; 11] = ["age", "sex", "cp", "trestbps", "chol", "fbs", "restecg", "thalach", "exang", "oldpeak", "disease"];
+
+    fn sites_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/heart-disease/sites")
+    }
+
+    /// The example job without differential privacy (so the site needs no ledger), edited.
+    fn job(edit: impl FnOnce(&mut JobSpec)) -> (JobId, Arc<JobSpec>) {
+        let mut spec = JobSpec::from_toml(JOB, "job.toml").unwrap();
+        spec.privacy = fedcare_job::PrivacySpec::none();
+        edit(&mut spec);
+        spec.validate("edited job").unwrap();
+        (spec.id(), Arc::new(spec))
+    }
+
+    /// A policy in `dir` allowing these columns, otherwise permissive.
+    fn policy_file(dir: &Path, columns: &[&str], approval: &str) -> PathBuf {
+        let columns: Vec<String> = columns.iter().map(|c| format!("{c:?}")).collect();
+        let text = format!(
+            "[policy]\nmodels = [\"logistic_regression\"]\ncolumns = [{}]\nrequire_differential_privacy = false\nallowed_units = [\"record\"]\n\
+             max_epsilon_per_job = 10.0\nmax_delta = 1e-5\nrequire_secure_aggregation = false\nmin_other_sites = 0\napproval = \"{approval}\"\n",
+            columns.join(", ")
+        );
+        let path = dir.join("policy.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// cleveland's worker under `policy`; with `missing_data` its data file does not exist, so
+    /// any attempt to read it declines the job with a data error.
+    fn worker(policy: Option<&Path>, missing_data: bool) -> Worker {
+        let mut cfg = AgentConfig::parse(SITE, "cleveland.toml").unwrap();
+        cfg.site.policy = policy.map(Path::to_path_buf);
+        if missing_data {
+            cfg.data.path = PathBuf::from("no-such-folder/never-read.data");
+        }
+        let base = sites_dir();
+        let policy = SitePolicy::from_config(&cfg.site, &base).unwrap();
+        let identity = IdentityKey::generate(&mut fedcare_secagg::SystemRng::new()).unwrap();
+        Worker::new(SiteId::parse("cleveland").unwrap(), cfg.data, base, identity, None, policy)
+    }
+
+    fn decision(reply: ReplyKind) -> (bool, String) {
+        match reply {
+            ReplyKind::Decision { accept, reason } => (accept, reason),
+            other => panic!("not a decision: {other:?}"),
+        }
+    }
+
+    const DATA_ERROR: &str = "the site's data does not match the job's schema (details in the site's log)";
+
+    #[tokio::test]
+    async fn a_job_outside_the_policy_is_refused_before_the_data_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let (id, spec) = job(|_| {});
+        // Control: a job the policy lets through does try to read the missing file.
+        let open = policy_file(dir.path(), &COLUMNS, "automatic");
+        let (accept, reason) = decision(worker(Some(&open), true).decide(id.clone(), spec.clone()).await);
+        assert!(!accept);
+        assert_eq!(reason, DATA_ERROR);
+
+        // `chol` is not allowed: the refusal names it and the rule, and it is not a data error.
+        let allowed: Vec<&str> = COLUMNS.iter().copied().filter(|c| *c != "chol").collect();
+        let strict = policy_file(dir.path(), &allowed, "manual");
+        let mut w = worker(Some(&strict), true);
+        let (accept, reason) = decision(w.decide(id.clone(), spec.clone()).await);
+        assert!(!accept);
+        assert_eq!(reason, "this site's policy refuses the job: the job uses column `chol`, which this site's policy does not allow");
+        assert!(w.jobs.is_empty());
+        // A refused job is never put before the admin for approval.
+        let approvals = Approvals::open(Approvals::beside(&strict)).unwrap();
+        assert!(approvals.pending().unwrap().is_empty());
+
+        // Every broken rule is named.
+        let (id, spec) = job(|s| s.model = fedcare_models::ModelSpec::Mlp { hidden: vec![4] });
+        let (_, reason) = decision(w.decide(id, spec).await);
+        assert!(reason.contains("model `mlp`") && reason.contains("column `chol`") && reason.contains("; "), "{reason}");
+    }
+
+    #[tokio::test]
+    async fn automatic_approval_joins_and_says_so_for_the_audit_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = policy_file(dir.path(), &COLUMNS, "automatic");
+        let mut w = worker(Some(&path), false);
+        let (id, spec) = job(|_| {});
+        let (accept, reason) = decision(w.decide(id.clone(), spec).await);
+        assert!(accept, "{reason}");
+        assert_eq!(w.approved_by(&id), "automatic: policy");
+        // Automatic approval keeps no approvals store.
+        assert!(!Approvals::beside(&path).exists());
+
+        let mut w = worker(None, false);
+        let (accept, _) = decision(w.decide(id.clone(), job(|_| {}).1).await);
+        assert!(accept);
+        assert_eq!(w.approved_by(&id), NO_POLICY_APPROVAL);
+    }
+
+    #[tokio::test]
+    async fn manual_approval_declines_at_the_deadline_and_keeps_the_job_pending() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = policy_file(dir.path(), &COLUMNS, "manual");
+        let (id, spec) = job(|s| s.deadlines.offer_secs = 1);
+        let started = std::time::Instant::now();
+        let (accept, reason) = decision(worker(Some(&path), true).decide(id.clone(), spec.clone()).await);
+        let waited = started.elapsed();
+        assert!(!accept);
+        // Not a data error: the file was not read while waiting.
+        assert_eq!(reason, AWAITING_APPROVAL);
+        assert!(waited >= Duration::from_millis(700) && waited < Duration::from_millis(1000), "waited {waited:?} of a 1 s offer");
+
+        let approvals = Approvals::open(Approvals::beside(&path)).unwrap();
+        let pending = approvals.pending().unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].job_hash, id);
+        assert_eq!(&pending[0].spec, spec.as_ref(), "the admin reviews exactly the job offered");
+
+        // Approved afterwards, the same job offered again is joined at once.
+        approvals.approve(id.as_str(), "alice", 1).unwrap();
+        let mut w = worker(Some(&path), false);
+        let started = std::time::Instant::now();
+        let (accept, reason) = decision(w.decide(id.clone(), spec).await);
+        assert!(accept, "{reason}");
+        assert!(started.elapsed() < Duration::from_millis(500));
+        assert_eq!(w.approved_by(&id), "alice (manual)");
+    }
+
+    #[tokio::test]
+    async fn manual_approval_waits_until_the_admin_approves() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = policy_file(dir.path(), &COLUMNS, "manual");
+        let (id, spec) = job(|s| s.deadlines.offer_secs = 30);
+        let store = Approvals::beside(&path);
+        let hash = id.clone();
+        let admin = std::thread::spawn(move || {
+            let approvals = Approvals::open(store).unwrap();
+            // The admin sees the job pending, then approves it by a prefix of its hash.
+            for _ in 0..100 {
+                if !approvals.pending().unwrap().is_empty() {
+                    let resolved = approvals.resolve(&hash.as_str()[..10]).unwrap();
+                    assert_eq!(resolved, hash);
+                    approvals.approve(resolved.as_str(), "bob", 2).unwrap();
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            panic!("the job was never recorded as pending");
+        });
+        let mut w = worker(Some(&path), false);
+        let started = std::time::Instant::now();
+        let (accept, reason) = decision(w.decide(id.clone(), spec).await);
+        admin.join().unwrap();
+        assert!(accept, "{reason}");
+        assert!(started.elapsed() < Duration::from_secs(5), "joined {:?} after the approval", started.elapsed());
+        assert_eq!(w.approved_by(&id), "bob (manual)");
+        assert!(w.jobs.contains_key(&id));
+    }
+
+    #[test]
+    fn the_example_job_passes_the_example_policy() {
+        let policy = Policy::parse(EXAMPLE_POLICY, "policy.toml").unwrap();
+        let spec = JobSpec::from_toml(JOB, "job.toml").unwrap();
+        assert_eq!(policy.evaluate(&spec).verdict(), Verdict::Approve);
+        assert_eq!(policy.approval(), fedcare_policy::Approval::Automatic, "the example runs unattended");
+        // ... and it is a real policy: the same job without differential privacy or secure
+        // aggregation is refused.
+        let (_, weak) = job(|s| s.secure_aggregation.enabled = false);
+        let categories: Vec<&str> = policy.evaluate(&weak).violations.iter().map(|v| v.category()).collect();
+        assert_eq!(categories, ["differential_privacy", "secure_aggregation"]);
+        // The commented line turns manual approval on.
+        let manual = EXAMPLE_POLICY.replace("# approval = \"manual\"\napproval = \"automatic\"", "approval = \"manual\"");
+        assert_eq!(Policy::parse(&manual, "policy.toml").unwrap().approval(), fedcare_policy::Approval::Manual);
+    }
+
+    #[test]
+    fn a_job_waits_for_approval_until_shortly_before_the_offer_deadline() {
+        assert_eq!(approval_wait(60), Duration::from_secs(58));
+        assert_eq!(approval_wait(2), Duration::from_millis(1500));
+        assert_eq!(approval_wait(1), Duration::from_millis(750));
+    }
+
+    #[test]
+    fn a_missing_or_invalid_policy_stops_the_agent_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = AgentConfig::parse(SITE, "cleveland.toml").unwrap();
+        cfg.site.policy = Some(dir.path().join("missing.toml"));
+        let err = SitePolicy::from_config(&cfg.site, dir.path()).err().unwrap().to_string();
+        assert!(err.contains("site.policy") && err.contains("missing.toml"), "{err}");
+        std::fs::write(dir.path().join("bad.toml"), "[policy]\nmodels = [\"forest\"]\n").unwrap();
+        cfg.site.policy = Some("bad.toml".into());
+        let err = SitePolicy::from_config(&cfg.site, dir.path()).err().unwrap().to_string();
+        assert!(err.contains("site.policy") && err.contains("bad.toml"), "{err}");
+    }
 }

@@ -56,6 +56,7 @@ pub struct PrivacySpec {
     #[serde(default)]
     pub sampling_rate: Option<f64>,
     /// Record unit: noise multiplier of the federated statistics (count, sums, sums of squares).
+    /// Default: the smallest that spends at most 1/8 of `target_epsilon` on them alone.
     #[serde(default)]
     pub stats_noise_multiplier: Option<f64>,
     /// The range each numeric feature is clamped to before it enters a noised statistic
@@ -81,8 +82,9 @@ impl PrivacySpec {
     }
 }
 
-/// Default noise multiplier of the federated statistics step.
-pub const DEFAULT_STATS_NOISE_MULTIPLIER: f64 = 4.0;
+/// By default the statistics step may spend this fraction of the target epsilon on its own
+/// (it then composes with the rounds in RDP, so its share of the total is smaller).
+pub const DEFAULT_STATS_SHARE: f64 = 0.125;
 
 /// What a job will spend, computed from the spec alone.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -234,7 +236,12 @@ pub fn plan(spec: &JobSpec) -> Result<Option<PrivacyPlan>, PrivacyError> {
             PrivacyUnit::Record => {
                 let q = p.sampling_rate.unwrap_or(1.0);
                 let steps = dp_sgd_steps(spec.training.local_epochs, q);
-                let zs = p.stats_noise_multiplier.unwrap_or(DEFAULT_STATS_NOISE_MULTIPLIER);
+                let zs = match p.stats_noise_multiplier {
+                    Some(z) => z,
+                    None => smallest_noise_multiplier_for(target * DEFAULT_STATS_SHARE, delta, |z| {
+                        Ok(vec![Charge::Gaussian { noise_multiplier: z, count: 1 }])
+                    })?,
+                };
                 let stats = Charge::Gaussian { noise_multiplier: zs, count: 1 };
                 let f = move |z| Charge::SubsampledGaussian { noise_multiplier: z, sampling_rate: q, steps };
                 (Unit::Record, "dp_sgd", Some(stats), q, steps, Box::new(f))
@@ -360,7 +367,7 @@ mod tests {
             ("unit = \"record\"", "unit = \"none\"", "privacy.target_epsilon"),
             ("unit = \"record\"", "unit = \"site\"", "privacy.sampling_rate"),
             // A target so small the statistics step alone exceeds it.
-            ("target_epsilon = 8.0", "target_epsilon = 0.01", "privacy"),
+            ("target_epsilon = 8.0", "target_epsilon = 8.0\nstats_noise_multiplier = 0.5", "privacy"),
         ] {
             let err = edited(from, to).unwrap_err();
             assert!(err.contains(field), "{from} -> {to}: {err}");
@@ -373,7 +380,6 @@ mod tests {
         let text = EXAMPLE
             .replacen("unit = \"record\"", site, 1)
             .replacen("sampling_rate = 0.04\n", "", 1)
-            .replacen("stats_noise_multiplier = 4.0\n", "", 1)
             .replacen("target_epsilon = 8.0", "target_epsilon = 50.0", 1);
         let spec = JobSpec::from_toml(&text, "job.toml").unwrap();
         let plan = spec.privacy_plan().unwrap().unwrap();

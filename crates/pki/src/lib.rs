@@ -24,6 +24,7 @@ mod ca;
 mod files;
 mod identity;
 mod party;
+mod party_dir;
 mod pem;
 mod tls;
 
@@ -36,6 +37,7 @@ pub use ca::{
 pub use files::{KEY_MODE, PUBLIC_MODE};
 pub use identity::{Identity, MAX_NAME_LEN, Role, identity_of};
 pub use party::make_key_and_csr;
+pub use party_dir::{CA_FILE, CRL_FILE, PartyFiles, url_host};
 pub use tls::{
     ClientTls, HANDSHAKE_TIMEOUT, MtlsConnector, ServerTls, TlsIncoming, client_tls, peer_identity, require_role,
     server_tls,

@@ -24,6 +24,8 @@ pub enum ClientError {
     StreamEnded,
     #[error("the report is not valid JSON: {0}")]
     BadReport(String),
+    #[error("mutual TLS: {0}")]
+    Tls(String),
 }
 
 impl From<tonic::Status> for ClientError {
@@ -37,7 +39,31 @@ pub struct AdminClient {
 }
 
 impl AdminClient {
+    /// Connects without TLS (an `http://` URL; development only).
     pub async fn connect(url: &str) -> Result<AdminClient, ClientError> {
+        Self::connect_as(url, None).await
+    }
+
+    /// Connects as the party whose TLS folder is `tls`: an `https://` URL needs one (mutual
+    /// TLS, the coordinator's certificate must name the URL's host), an `http://` URL must not
+    /// have one (so a typo never silently drops TLS).
+    pub async fn connect_as(url: &str, tls: Option<&fedcare_pki::PartyFiles>) -> Result<AdminClient, ClientError> {
+        let https = url.starts_with("https://");
+        match (https, tls) {
+            (true, Some(party)) => {
+                let host = fedcare_pki::url_host(url).map_err(|e| ClientError::Tls(e.to_string()))?;
+                let client = party.client(&host).map_err(|e| ClientError::Tls(e.to_string()))?;
+                let channel = client.connect(url).await.map_err(|e| ClientError::Tls(e.to_string()))?;
+                return Ok(AdminClient { inner: AdminServiceClient::new(channel) });
+            }
+            (true, None) => {
+                return Err(ClientError::Tls(format!("{url} is https://: give the folder with your key and certificate (--tls DIR)")));
+            }
+            (false, Some(_)) => {
+                return Err(ClientError::Tls(format!("a TLS folder was given but {url} is not https://; use https:// to connect with mutual TLS")));
+            }
+            (false, None) => {}
+        }
         let endpoint = Channel::from_shared(url.to_owned())
             .map_err(|_| ClientError::Rpc(tonic::Status::invalid_argument(format!("{url:?} is not a valid URL"))))?
             .connect_timeout(Duration::from_secs(10));

@@ -461,16 +461,59 @@ impl Stream for SiteStream {
 
 // ----- gRPC services -----
 
+/// Whether callers are authenticated by their certificates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Auth {
+    /// Mutual TLS: the caller's identity and role come from its certificate.
+    MutualTls,
+    /// Development only: no authentication, a site is known by the name it sends.
+    Plaintext,
+}
+
+impl Auth {
+    /// Under mutual TLS, the caller's identity if its role is one of `allowed`; a clear
+    /// `PermissionDenied` (wrong role) or `Unauthenticated` (no identity) otherwise.
+    fn require<T>(self, request: &Request<T>, allowed: &[fedcare_pki::Role], what: &str) -> Result<Option<fedcare_pki::Identity>, Status> {
+        match self {
+            Auth::Plaintext => Ok(None),
+            Auth::MutualTls => match fedcare_pki::require_role(request, allowed) {
+                Ok(id) => Ok(Some(id)),
+                Err(e) => {
+                    warn!(what, error = %e, "call refused");
+                    Err(Status::from(e))
+                }
+            },
+        }
+    }
+
+    /// Under mutual TLS, checks that the site name a message carries is the one its sender's
+    /// certificate names.
+    fn check_site_name(self, id: &Option<fedcare_pki::Identity>, claimed: &str) -> Result<(), Status> {
+        match id {
+            Some(id) if id.name() != claimed => Err(Status::permission_denied(format!(
+                "this connection's certificate names site {:?}, but the message says {claimed:?}",
+                id.name()
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Roles that may use the admin service: research leads (jobs) and operators (watching).
+const ADMIN_ROLES: [fedcare_pki::Role; 2] = [fedcare_pki::Role::ResearchLead, fedcare_pki::Role::Operator];
+
 /// The site-facing service.
 #[derive(Clone)]
-pub struct SiteApi(pub Coordinator);
+pub struct SiteApi(pub Coordinator, pub Auth);
 
 #[tonic::async_trait]
 impl pb::site_service_server::SiteService for SiteApi {
     type JoinStream = SiteStream;
 
     async fn join(&self, request: Request<pb::JoinRequest>) -> Result<Response<SiteStream>, Status> {
+        let id = self.1.require(&request, &[fedcare_pki::Role::Site], "join")?;
         let r = request.into_inner();
+        self.1.check_site_name(&id, &r.site_id)?;
         let site = fedcare_wire::site_id(&r.site_id, "site_id").map_err(|e| Status::invalid_argument(e.to_string()))?;
         let _span = info_span!("join", site = %site).entered();
         if r.protocol_version != PROTOCOL_VERSION {
@@ -489,14 +532,17 @@ impl pb::site_service_server::SiteService for SiteApi {
     }
 
     async fn submit(&self, request: Request<pb::SiteReply>) -> Result<Response<pb::SubmitAck>, Status> {
-        self.0.reply(request.into_inner())?;
+        let id = self.1.require(&request, &[fedcare_pki::Role::Site], "submit")?;
+        let reply = request.into_inner();
+        self.1.check_site_name(&id, &reply.site_id)?;
+        self.0.reply(reply)?;
         Ok(Response::new(pb::SubmitAck {}))
     }
 }
 
 /// The research lead's and operator's service.
 #[derive(Clone)]
-pub struct AdminApi(pub Coordinator);
+pub struct AdminApi(pub Coordinator, pub Auth);
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::JobEvent, Status>> + Send>>;
 
@@ -505,12 +551,14 @@ impl pb::admin_service_server::AdminService for AdminApi {
     type WatchJobStream = EventStream;
 
     async fn submit_job(&self, request: Request<pb::SubmitJobRequest>) -> Result<Response<pb::SubmitJobResponse>, Status> {
-        let _span = info_span!("submit_job").entered();
+        let caller = self.1.require(&request, &[fedcare_pki::Role::ResearchLead], "submit_job")?;
+        let _span = info_span!("submit_job", by = %caller.as_ref().map_or("(unauthenticated)".to_owned(), |c| c.to_string())).entered();
         let id = self.0.submit(&request.into_inner().spec_toml)?;
         Ok(Response::new(pb::SubmitJobResponse { job_id: id.to_string() }))
     }
 
     async fn watch_job(&self, request: Request<pb::WatchJobRequest>) -> Result<Response<EventStream>, Status> {
+        self.1.require(&request, &ADMIN_ROLES, "watch_job")?;
         let id = fedcare_wire::job_id(&request.into_inner().job_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
         info!(job = %id.short(), "watch_job");
         if self.0.events_since(&id, 0).is_none() {
@@ -552,12 +600,14 @@ impl pb::admin_service_server::AdminService for AdminApi {
         Ok(Response::new(Box::pin(stream.flatten())))
     }
 
-    async fn list_sites(&self, _request: Request<pb::ListSitesRequest>) -> Result<Response<pb::ListSitesResponse>, Status> {
+    async fn list_sites(&self, request: Request<pb::ListSitesRequest>) -> Result<Response<pb::ListSitesResponse>, Status> {
+        self.1.require(&request, &ADMIN_ROLES, "list_sites")?;
         let _span = info_span!("list_sites").entered();
         Ok(Response::new(pb::ListSitesResponse { sites: self.0.sites() }))
     }
 
     async fn fetch_model(&self, request: Request<pb::FetchModelRequest>) -> Result<Response<pb::FetchModelResponse>, Status> {
+        self.1.require(&request, &[fedcare_pki::Role::ResearchLead], "fetch_model")?;
         let id = fedcare_wire::job_id(&request.into_inner().job_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let _span = info_span!("fetch_model", job = %id.short()).entered();
         Ok(Response::new(self.0.fetch(&id)?))

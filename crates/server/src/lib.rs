@@ -13,7 +13,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 
-pub use coordinator::{AdminApi, Coordinator, SiteApi};
+pub use coordinator::{AdminApi, Auth, Coordinator, SiteApi};
 use fedcare_proto::v1 as pb;
 use fedcare_store::Store;
 use tokio::net::TcpListener;
@@ -27,6 +27,20 @@ pub enum ServeError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("gRPC server failed")]
     Transport(#[from] tonic::transport::Error),
+    #[error("mutual TLS: {0}")]
+    Tls(#[from] fedcare_pki::PkiError),
+}
+
+/// How the coordinator's connections are secured.
+#[derive(Clone)]
+pub enum Security {
+    /// Mutual TLS: every connection presents a certificate from the federation's CA, not
+    /// expired, not revoked; the coordinator knows each caller by its certificate. `crl_path`
+    /// is re-read when it changes, so a revocation takes effect without a restart.
+    MutualTls { tls: fedcare_pki::ServerTls, crl_path: Option<std::path::PathBuf> },
+    /// No TLS and no authentication: a site is known by the name it sends. For development on
+    /// one machine only.
+    Plaintext,
 }
 
 /// Binds `addr` (port 0 picks a free one) and opens the state file; returns the listener's
@@ -43,8 +57,13 @@ pub async fn bind(addr: SocketAddr, state: &Path) -> Result<(TcpListener, Socket
 pub async fn serve_on(
     listener: TcpListener,
     coordinator: Coordinator,
+    security: Security,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    let auth = match &security {
+        Security::MutualTls { .. } => Auth::MutualTls,
+        Security::Plaintext => Auth::Plaintext,
+    };
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<pb::site_service_server::SiteServiceServer<SiteApi>>().await;
     health.set_serving::<pb::admin_service_server::AdminServiceServer<AdminApi>>().await;
@@ -58,21 +77,59 @@ pub async fn serve_on(
             }
         })
     };
-    let result = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(pb::site_service_server::SiteServiceServer::new(SiteApi(coordinator.clone())))
-        .add_service(pb::admin_service_server::AdminServiceServer::new(AdminApi(coordinator)))
+        .add_service(pb::site_service_server::SiteServiceServer::new(SiteApi(coordinator.clone(), auth)))
+        .add_service(pb::admin_service_server::AdminServiceServer::new(AdminApi(coordinator, auth)));
+    let result = match security {
+        Security::MutualTls { tls, crl_path } => {
+            let watcher = crl_path.map(|path| tokio::spawn(watch_crl(tls.clone(), path)));
+            // The TLS acceptor sets TCP_NODELAY on every accepted connection.
+            let r = router.serve_with_incoming_shutdown(tls.incoming(listener), shutdown).await;
+            if let Some(w) = watcher {
+                w.abort();
+            }
+            r
+        }
         // TCP_NODELAY: replies are small and each one unblocks a site; without it Nagle's
         // algorithm and the peer's delayed ACK hold every reply back about 40 ms.
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
-        .await;
+        Security::Plaintext => router.serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown).await,
+    };
     ticker.abort();
     Ok(result?)
 }
 
+/// Reloads the CRL whenever its file changes (checked every few seconds), so that revoking a
+/// party shuts it out of new connections without restarting the coordinator. A CRL that does
+/// not verify is ignored with an error in the log; the previous one stays in force.
+async fn watch_crl(tls: fedcare_pki::ServerTls, path: std::path::PathBuf) {
+    let stamp = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut last = stamp(&path);
+    let mut interval = tokio::time::interval(std::time::Duration::from_secs(3));
+    loop {
+        interval.tick().await;
+        let now = stamp(&path);
+        if now == last {
+            continue;
+        }
+        last = now;
+        match std::fs::read_to_string(&path).map_err(|e| e.to_string()).and_then(|pem| tls.set_crl(&pem).map_err(|e| e.to_string())) {
+            Ok(()) => tracing::info!(crl = %path.display(), "revocation list reloaded"),
+            Err(e) => tracing::error!(crl = %path.display(), error = %e, "new revocation list refused; the previous one stays in force"),
+        }
+    }
+}
+
 /// [`bind`] then [`serve_on`].
-pub async fn serve(addr: SocketAddr, state: &Path, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServeError> {
+pub async fn serve(addr: SocketAddr, state: &Path, security: Security, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServeError> {
     let (listener, local, coordinator) = bind(addr, state).await?;
-    tracing::info!(%local, state = %state.display(), "coordinator listening");
-    serve_on(listener, coordinator, shutdown).await
+    match &security {
+        Security::MutualTls { .. } => tracing::info!(%local, state = %state.display(), "coordinator listening (mutual TLS)"),
+        Security::Plaintext => tracing::warn!(
+            %local,
+            state = %state.display(),
+            "coordinator listening WITHOUT TLS: anyone who can reach this port can join as any site; for development only"
+        ),
+    }
+    serve_on(listener, coordinator, security, shutdown).await
 }

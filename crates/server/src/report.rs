@@ -215,6 +215,9 @@ pub struct PrivacyReport {
     /// round (the most any site spent); `None` without differential privacy.
     pub epsilon_spent: Option<f64>,
     pub noise_multiplier: Option<f64>,
+    /// Record level: the noise multiplier of the federated statistics release.
+    #[serde(default)]
+    pub stats_noise_multiplier: Option<f64>,
     pub clip_norm: Option<f64>,
     /// Rounds charged.
     pub rounds_charged: u32,
@@ -235,6 +238,7 @@ impl PrivacyReport {
             delta: None,
             epsilon_spent: None,
             noise_multiplier: None,
+            stats_noise_multiplier: None,
             clip_norm: None,
             rounds_charged: 0,
             statement,
@@ -275,6 +279,10 @@ impl PrivacyReport {
             delta: Some(plan.delta),
             epsilon_spent: spent,
             noise_multiplier: Some(plan.noise_multiplier),
+            stats_noise_multiplier: match plan.stats {
+                Some(fedcare_privacy::Charge::Gaussian { noise_multiplier, .. }) => Some(noise_multiplier),
+                _ => None,
+            },
             clip_norm: Some(plan.clip_norm),
             rounds_charged: rounds_done,
             statement,

@@ -241,7 +241,7 @@ async fn run_one(n: usize, args: &Args) -> Result<Measurement, String> {
     let shutdown = async move {
         let _ = stop_rx.wait_for(|s| *s).await;
     };
-    let server = tokio::spawn(fedcare_server::serve_on(listener, coordinator, shutdown));
+    let server = tokio::spawn(fedcare_server::serve_on(listener, coordinator, fedcare_server::Security::Plaintext, shutdown));
     let url = format!("http://{addr}");
     let endpoint = Endpoint::from_shared(url.clone()).map_err(|e| e.to_string())?.connect_timeout(Duration::from_secs(10));
 

@@ -43,6 +43,8 @@ pub enum SimError {
     SitesMissing { connected: usize, expected: usize, waited: Duration },
     #[error("cannot write {path}")]
     Write { path: PathBuf, source: std::io::Error },
+    #[error("federation PKI: {0}")]
+    Pki(String),
 }
 
 /// What to simulate.
@@ -60,6 +62,26 @@ pub struct SimOptions {
     pub secure_aggregation: Option<bool>,
     /// Overrides the job's differential privacy.
     pub privacy: PrivacyOverride,
+    /// Mutual TLS between every party, as in a real deployment: the simulation creates a
+    /// federation CA in `out_dir/pki` and enrols the coordinator, each site and a research
+    /// lead. Off: plaintext gRPC (development).
+    pub mtls: bool,
+}
+
+/// Enrols one party with the CA in `ca_dir` the way a real one would be: a key and CSR made
+/// in the party's own folder `dir`, the CSR signed by the CA (which decides role and name),
+/// the certificate, `ca.pem` and `crl.pem` copied into `dir`. Returns the party's files.
+pub fn enrol(ca_dir: &Path, dir: &Path, role: fedcare_pki::Role, name: &str, hosts: &[&str]) -> Result<fedcare_pki::PartyFiles, SimError> {
+    let pki = |e: fedcare_pki::PkiError| SimError::Pki(format!("{name}: {e}"));
+    let (_, csr) = fedcare_pki::make_key_and_csr(dir, name).map_err(pki)?;
+    let csr_pem = read(&csr)?;
+    let hosts = hosts.iter().map(|h| h.parse()).collect::<Result<Vec<fedcare_pki::HostName>, _>>().map_err(pki)?;
+    let cert = fedcare_pki::sign_csr(ca_dir, &csr_pem, role, name, fedcare_pki::Validity::Days(7), &hosts).map_err(pki)?;
+    let write = |path: PathBuf, text: &str| std::fs::write(&path, text).map_err(|source| SimError::Write { path, source });
+    write(dir.join(format!("{name}.pem")), &cert)?;
+    write(dir.join(fedcare_pki::CA_FILE), &read(&ca_dir.join(fedcare_pki::CA_FILE))?)?;
+    write(dir.join(fedcare_pki::CRL_FILE), &read(&ca_dir.join(fedcare_pki::CRL_FILE))?)?;
+    fedcare_pki::PartyFiles::load(dir).map_err(pki)
 }
 
 /// How a simulation changes the job's `[privacy]`.
@@ -147,9 +169,23 @@ pub async fn run(opts: &SimOptions, mut progress: impl FnMut(&Line)) -> Result<S
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    // The federation's PKI, made fresh: a CA, then each party enrolled from its own folder.
+    let pki_dir = opts.out_dir.join("pki");
+    let _ = std::fs::remove_dir_all(&pki_dir);
+    let ca_dir = pki_dir.join("ca");
+    let (security, lead) = if opts.mtls {
+        fedcare_pki::init_ca(&ca_dir, "fedcare simulation", 30).map_err(|e| SimError::Pki(e.to_string()))?;
+        fedcare_pki::crl(&ca_dir).map_err(|e| SimError::Pki(e.to_string()))?;
+        let coordinator = enrol(&ca_dir, &pki_dir.join("coordinator"), fedcare_pki::Role::Coordinator, "coordinator", &["127.0.0.1", "localhost"])?;
+        let lead = enrol(&ca_dir, &pki_dir.join("research-lead"), fedcare_pki::Role::ResearchLead, "research-lead", &[])?;
+        let tls = coordinator.server().map_err(|e| SimError::Pki(e.to_string()))?;
+        (fedcare_server::Security::MutualTls { tls, crl_path: None }, Some(lead))
+    } else {
+        (fedcare_server::Security::Plaintext, None)
+    };
     let (listener, addr, coordinator) = fedcare_server::bind("127.0.0.1:0".parse().expect("valid literal address"), &state).await?;
-    let server = tokio::spawn(fedcare_server::serve_on(listener, coordinator, stopped(stop_rx.clone())));
-    let url = format!("http://{addr}");
+    let server = tokio::spawn(fedcare_server::serve_on(listener, coordinator, security, stopped(stop_rx.clone())));
+    let url = if opts.mtls { format!("https://{addr}") } else { format!("http://{addr}") };
     note(&mut progress, format!("coordinator on {url}; starting {} site agents", sites.len()));
 
     let audit_dir = opts.out_dir.join("audit");
@@ -165,6 +201,11 @@ pub async fn run(opts: &SimOptions, mut progress: impl FnMut(&Line)) -> Result<S
     let mut ledgers = Vec::new();
     for (mut cfg, base) in sites {
         cfg.site.coordinator = url.clone();
+        if opts.mtls {
+            let dir = pki_dir.join(&cfg.site.id);
+            enrol(&ca_dir, &dir, fedcare_pki::Role::Site, &cfg.site.id, &[])?;
+            cfg.site.tls = Some(dir);
+        }
         if let Some(p) = cfg.privacy.as_mut() {
             p.ledger = ledger_dir.join(format!("{}.ledger.jsonl", cfg.site.id));
             ledgers.push((cfg.site.id.clone(), p.ledger.clone()));
@@ -178,7 +219,7 @@ pub async fn run(opts: &SimOptions, mut progress: impl FnMut(&Line)) -> Result<S
     }
 
     let result = async {
-        let mut admin = AdminClient::connect(&url).await?;
+        let mut admin = AdminClient::connect_as(&url, lead.as_ref()).await?;
         wait_for_sites(&mut admin, agents.len()).await?;
         let job_id = admin.submit(&spec_text).await?;
         note(&mut progress, format!("job {} ({}) submitted: {} rounds", &job_id[..12], spec.name, spec.rounds));
