@@ -116,7 +116,7 @@ fn coordinator_and_four_site_agents_as_processes() {
     assert!(stdout.contains("federated"), "results table printed:\n{stdout}");
     let report: fedcare_server::report::Report = serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
     // Record-level DP at epsilon 8: the bar of tests/privacy.rs.
-    assert!(report.federated.as_ref().unwrap().accuracy >= 0.74, "{:?}", report.federated);
+    assert!(report.federated.as_ref().unwrap().accuracy >= 0.72, "{:?}", report.federated);
     assert_eq!(report.sites.len(), 4);
     assert_eq!(report.privacy.unit, "record");
     let spent = report.privacy.epsilon_spent.expect("epsilon reported");

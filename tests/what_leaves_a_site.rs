@@ -230,7 +230,8 @@ async fn a_site_sends_only_fixed_size_aggregates_whatever_its_records() {
     };
     // Under the example's record-level DP the example count a site sends is the count it
     // released, noised, in the statistics step (never its exact row count): equal to that
-    // release, and within 6 noise standard deviations of the truth (std = z_s sqrt(1 + 2w)).
+    // release, and within 6 noise standard deviations of the truth (std = z_s sqrt(16 + 2w) / 4:
+    // the count is weighted 4 in the release).
     let stats_count = |msgs: &[pb::SiteReply]| match &msgs[1].kind {
         Some(pb::site_reply::Kind::Stats(s)) => s.count[0],
         _ => unreachable!(),
@@ -239,7 +240,7 @@ async fn a_site_sends_only_fixed_size_aggregates_whatever_its_records() {
         Some(fedcare_privacy::Charge::Gaussian { noise_multiplier, .. }) => noise_multiplier,
         other => panic!("record-level statistics charge expected: {other:?}"),
     };
-    let sd = zs * ((1 + 2 * width) as f64).sqrt();
+    let sd = zs * ((16 + 2 * width) as f64).sqrt() / 4.0;
     for (msgs, truth) in [(&from_full, 199.0), (&from_small, 39.0)] {
         assert_eq!(n_examples(msgs), stats_count(msgs));
         assert!((n_examples(msgs) as f64 - truth).abs() < 6.0 * sd, "{} vs {truth}", n_examples(msgs));

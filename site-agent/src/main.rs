@@ -288,7 +288,7 @@ impl SiteApprovals {
 
 /// A job found by hash prefix: waiting for approval, or approved.
 enum FoundJob {
-    Pending(fedcare_policy::PendingJob),
+    Pending(Box<fedcare_policy::PendingJob>),
     Approved(fedcare_policy::ApprovalRecord),
 }
 
@@ -296,7 +296,9 @@ enum FoundJob {
 fn find_job(approvals: Option<&fedcare_policy::Approvals>, prefix: &str) -> Result<FoundJob> {
     use fedcare_policy::ApprovalError::NoMatch;
     let none = || anyhow::anyhow!("no job waiting for approval or approved has a hash starting with {prefix} (`site-agent jobs list` shows them)");
-    let Some(approvals) = approvals else { return Err(none()) };
+    let Some(approvals) = approvals else {
+        anyhow::bail!("no job has waited for approval at this site yet, and none is approved (there is no approvals store)")
+    };
     let pending = match approvals.resolve(prefix) {
         Ok(id) => Some(id),
         Err(NoMatch { .. }) => None,
@@ -309,7 +311,7 @@ fn find_job(approvals: Option<&fedcare_policy::Approvals>, prefix: &str) -> Resu
     };
     match (pending, approved) {
         (Some(p), Some(a)) => anyhow::bail!("a waiting job ({}) and an approved job ({}) have hashes starting with {prefix}; give more digits", p.short(), a.short()),
-        (Some(id), None) => approvals.get_pending(id.as_str())?.map(FoundJob::Pending).ok_or_else(none),
+        (Some(id), None) => approvals.get_pending(id.as_str())?.map(|p| FoundJob::Pending(Box::new(p))).ok_or_else(none),
         (None, Some(id)) => approvals.approval(id.as_str())?.map(FoundJob::Approved).ok_or_else(none),
         (None, None) => Err(none()),
     }
@@ -397,7 +399,7 @@ fn jobs(command: JobsCommand) -> Result<()> {
                     println!("{}", serde_json::to_string_pretty(&v)?);
                 }
                 Output::Text => {
-                    println!("{}", fedcare_policy::summary_with_policy(&spec, &site.policy));
+                    println!("{}", fedcare_policy::summary_with_policy(&spec, &site.policy).trim_end());
                     println!();
                     println!("Status at this site: {status}");
                 }
@@ -406,12 +408,6 @@ fn jobs(command: JobsCommand) -> Result<()> {
         JobsCommand::Approve { hash, config, by } => {
             let site = SiteApprovals::load(&config)?;
             let approvals = site.open()?;
-            let by = match by {
-                Some(b) => b,
-                None => std::env::var("USER")
-                    .or_else(|_| std::env::var("USERNAME"))
-                    .context("cannot tell who you are ($USER is not set): give --by NAME")?,
-            };
             // A prefix names a waiting job; a full hash may name a job not offered yet.
             let id = match approvals.resolve(&hash) {
                 Ok(id) => id,
@@ -427,6 +423,13 @@ fn jobs(command: JobsCommand) -> Result<()> {
                     }
                 }
                 Err(e) => return Err(e.into()),
+            };
+            let by = match by {
+                Some(b) => b,
+                None => ["USER", "USERNAME"]
+                    .iter()
+                    .find_map(|v| std::env::var(v).ok().filter(|n| !n.trim().is_empty()))
+                    .context("cannot tell who you are ($USER is not set): give --by NAME")?,
             };
             let pending = approvals.get_pending(id.as_str())?;
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);

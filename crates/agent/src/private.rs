@@ -68,15 +68,20 @@ pub(crate) fn noise_rng() -> Result<ChaCha20Rng, String> {
 
 /// The statistics release of a privacy job.
 ///
-/// Record level: each training row contributes `(1, x'_1..x'_w, x'_1^2..x'_w^2)` with
-/// `x' = (clamp(x) - mid) / half` in `[-1, 1]` (the column's public range), a vector of L2 norm
-/// at most `sqrt(1 + 2w)`; the sum over rows gets exact discrete Gaussian noise with noise
+/// Record level: each training row contributes `(K, x'_1..x'_w, x'_1^2..x'_w^2)` with
+/// `x' = (clamp(x) - mid) / half` in `[-1, 1]` (the column's public range) and `K` =
+/// [`COUNT_WEIGHT`], a vector of L2 norm at most `sqrt(K^2 + 2w)`; the sum over rows gets exact discrete Gaussian noise with noise
 /// multiplier `z` (the lattice mechanism of `fedcare_privacy::dpsgd`), and is mapped back to
 /// count, sums and sums of squares in the data's units. Site level: no data is used at all; the
 /// site reports the range's midpoint and a uniform spread over it with count 1, which makes
 /// FedAvg's weights uniform (DP-FedAvg does not weight by example counts).
 ///
 /// Returns the sums and the count the site uses as its FedAvg weight from now on.
+/// How much more of the statistics' noise budget the count gets than one sum: the count is
+/// every site's FedAvg weight and the denominator of every mean, so its relative error matters
+/// most. Weighting it by `K` divides its noise by about `K` for a small increase of the sums'.
+pub(crate) const COUNT_WEIGHT: f64 = 4.0;
+
 pub(crate) fn stats_release(train: &Dataset, spec: &JobSpec, plan: &PrivacyPlan, rng: &mut ChaCha20Rng) -> Result<(FeatureSums, u64), String> {
     let bounds = fedcare_job::privacy::encoded_bounds(spec).ok_or("the job declares no feature ranges")?;
     let w = train.n_features();
@@ -91,12 +96,12 @@ pub(crate) fn stats_release(train: &Dataset, spec: &JobSpec, plan: &PrivacyPlan,
                 return Err("the plan has no statistics charge".into());
             };
             let dim = 1 + 2 * w;
-            let clip = (dim as f64).sqrt();
+            let clip = (COUNT_WEIGHT * COUNT_WEIGHT + 2.0 * w as f64).sqrt();
             let mut sum = fedcare_privacy::dpsgd::NoisyGradientSum::new(dim, clip, noise_multiplier, fedcare_privacy::dpsgd::DEFAULT_LATTICE_BITS)
                 .map_err(|e| e.to_string())?;
             let mut v = vec![0f32; dim];
             for row in train.features().chunks_exact(w) {
-                v[0] = 1.0;
+                v[0] = COUNT_WEIGHT as f32;
                 for j in 0..w {
                     let (lo, hi) = bounds[j];
                     let x = ((f64::from(row[j]).clamp(lo, hi) - mids[j]) / halves[j]).clamp(-1.0, 1.0);
@@ -106,7 +111,7 @@ pub(crate) fn stats_release(train: &Dataset, spec: &JobSpec, plan: &PrivacyPlan,
                 sum.add_example(&v, rng).map_err(|e| e.to_string())?;
             }
             let out = sum.finish(rng);
-            (out[0], out[1..=w].to_vec(), out[1 + w..].to_vec())
+            (out[0] / COUNT_WEIGHT, out[1..=w].to_vec(), out[1 + w..].to_vec())
         }
     };
     // A count below one is noise; one keeps the weights and means defined.

@@ -360,7 +360,7 @@ mod tests {
             ("target_epsilon = 8.0", "target_epsilon = -1.0", "privacy.target_epsilon"),
             ("delta = 1e-5", "delta = 1.5", "privacy.delta"),
             ("sampling_rate = 0.04", "sampling_rate = 0.0", "privacy.sampling_rate"),
-            ("clip_norm = 1.0", "clip_norm = 0.0", "privacy.clip_norm"),
+            ("clip_norm = 2.0", "clip_norm = 0.0", "privacy.clip_norm"),
             ("age = [18, 90]", "age = [90, 18]", "privacy.feature_bounds"),
             ("age = [18, 90]\n", "", "privacy.feature_bounds"),
             ("age = [18, 90]", "age = [18, 90]\nweight = [0, 300]", "privacy.feature_bounds"),

@@ -557,7 +557,7 @@ fn summary_shows_what_an_officer_needs() {
         "Differential privacy: record level, dp_sgd: epsilon",
         "What leaves this site (never records, nor per-record scores or predictions):",
         "masked by secure aggregation",
-        "each record's gradient clipped to L2 norm 1 and noised",
+        "each record's gradient clipped to L2 norm 2 and noised",
     ] {
         assert!(text.contains(needle), "missing `{needle}` in:\n{text}");
     }
