@@ -43,6 +43,10 @@ enum Command {
         /// Override [site].coordinator.
         #[arg(long)]
         coordinator: Option<String>,
+        /// Override [site].tls: this site's TLS folder (its key, the certificate the CA
+        /// signed, ca.pem), needed for an https:// coordinator.
+        #[arg(long)]
+        tls: Option<PathBuf>,
     },
     /// The site's audit log.
     Audit {
@@ -162,10 +166,15 @@ fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> Result<()> {
     fedcare_cli::init_logging(cli.global.log_format, "info");
     match cli.command {
-        Command::Run { config, coordinator } => {
+        Command::Run { config, coordinator, tls } => {
             let (mut cfg, base) = AgentConfig::load(&config)?;
             if let Some(url) = coordinator {
                 cfg.site.coordinator = url;
+            }
+            if let Some(dir) = tls {
+                // Given on the command line: relative to where the command runs, not to the
+                // config file.
+                cfg.site.tls = Some(std::path::absolute(&dir).with_context(|| format!("TLS folder {}", dir.display()))?);
             }
             let agent = Agent::new(cfg, base)?;
             agent.run(fedcare_cli::shutdown_signal()).await.context("site agent stopped")?;

@@ -154,6 +154,56 @@ pub(crate) fn u64s_from(bytes: &[u8]) -> Result<Vec<u64>, String> {
 mod tests {
     use super::*;
 
+    /// The example job and one example site's training split.
+    fn example(site: &str) -> (JobSpec, Dataset) {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/heart-disease");
+        let spec = JobSpec::from_toml(&std::fs::read_to_string(dir.join("job.toml")).unwrap(), "job.toml").unwrap();
+        let (cfg, base) = crate::AgentConfig::load(&dir.join("sites").join(format!("{site}.toml"))).unwrap();
+        let (ds, _) = fedcare_data::load(&spec.schema, &cfg.data, &base).unwrap();
+        let (train, _) = fedcare_data::split(&ds, &spec.schema.split).unwrap();
+        (spec, train)
+    }
+
+    #[test]
+    fn without_noise_the_statistics_release_is_the_exact_clamped_sums() {
+        for site in ["switzerland", "cleveland"] {
+            let (spec, train) = example(site);
+            let mut plan = spec.privacy_plan().unwrap().unwrap();
+            plan.stats = Some(fedcare_privacy::Charge::Gaussian { noise_multiplier: 0.0, count: 1 });
+            let (sums, count) = stats_release(&train, &spec, &plan, &mut ChaCha20Rng::seed_from_u64(1)).unwrap();
+            assert_eq!(count, train.len() as u64, "{site}");
+            // Against the exact sums of the clamped values, computed directly.
+            let bounds = fedcare_job::privacy::encoded_bounds(&spec).unwrap();
+            let w = train.n_features();
+            for j in 0..w {
+                let (lo, hi) = bounds[j];
+                let exact: f64 = train.features().chunks_exact(w).map(|r| f64::from(r[j]).clamp(lo, hi)).sum();
+                let tol = 1e-3 * (hi - lo) * train.len() as f64;
+                assert!((sums.sum[j] - exact).abs() < tol, "{site} column {j}: {} vs {exact}", sums.sum[j]);
+            }
+        }
+    }
+
+    #[test]
+    fn the_noised_count_is_unbiased() {
+        // 200 releases of Switzerland's 30 rows at the example's noise: the mean count is 30
+        // within 5 standard errors (std per release z_s sqrt(K^2 + 2w) / K).
+        let (spec, train) = example("switzerland");
+        let plan = spec.privacy_plan().unwrap().unwrap();
+        let Some(fedcare_privacy::Charge::Gaussian { noise_multiplier: z, .. }) = plan.stats else { panic!() };
+        let mut rng = ChaCha20Rng::seed_from_u64(7);
+        let n = 200;
+        let mut total = 0.0;
+        for _ in 0..n {
+            let (sums, _) = stats_release(&train, &spec, &plan, &mut rng).unwrap();
+            total += sums.count[0] as f64;
+        }
+        let w = train.n_features() as f64;
+        let sd = z * (COUNT_WEIGHT * COUNT_WEIGHT + 2.0 * w).sqrt() / COUNT_WEIGHT;
+        let mean = total / n as f64;
+        assert!((mean - 30.0).abs() < 5.0 * sd / (n as f64).sqrt() + 0.5, "mean count {mean}, sd {sd}");
+    }
+
     #[test]
     fn f32_release_bytes_round_trip() {
         let v = vec![1.5f32, -0.0, f32::MIN_POSITIVE, 3.25e7];
