@@ -63,6 +63,29 @@ async fn heart_disease_example_reaches_the_accuracy_bar_and_matches_its_saved_mo
     let written: fedcare_server::report::Report =
         serde_json::from_str(&std::fs::read_to_string(&result.report_path).unwrap()).unwrap();
     assert_eq!(&written, report);
+
+    // The model card beside them: its figures are the report's, copied exactly.
+    assert_eq!(result.card.json, out.path().join("model-card.json"));
+    let card: fedcare_server::card::ModelCard = serde_json::from_str(&std::fs::read_to_string(&result.card.json).unwrap()).expect("model-card.json parses");
+    assert_eq!(card, fedcare_server::card::ModelCard::from_report(report));
+    assert_eq!(card.job.job_id, report.job_id);
+    assert_eq!(card.federated.metrics().expect("federated metrics shown").accuracy, fed.accuracy);
+    assert_eq!(card.federated.metrics().unwrap().n, fed.n);
+    assert_eq!(card.privacy.epsilon_spent, report.privacy.epsilon_spent);
+    assert_eq!(card.privacy.epsilon_spent, None, "this run has no differential privacy");
+    assert_eq!(card.sites.len(), report.sites.len());
+    for (c, r) in card.sites.iter().zip(&report.sites) {
+        assert_eq!(c.site, r.site);
+        assert_eq!(c.train_examples, r.train_examples, "{}", r.site);
+        assert_eq!(c.test.metrics(), r.test.as_ref(), "{}: every site has 10 or more test examples", r.site);
+    }
+    assert_eq!(card.audit_heads, report.site_audit_heads);
+    let md = std::fs::read_to_string(&result.card.markdown).unwrap();
+    for (site, _, test) in expected {
+        assert!(md.contains(&format!("| {site} | {test} |")), "{site} missing from the card:\n{md}");
+    }
+    assert!(md.contains("not validated for clinical decisions") && md.contains(&report.job_id), "{md}");
+
     let params = fedcare_models::load(&spec.model, spec.n_features(), &result.model_path).expect("model loads back");
     let std = Standardization { mean: report.scaling.mean.clone(), std: report.scaling.std.clone() };
     let mut tests = Vec::new();

@@ -130,3 +130,47 @@ async fn a_site_agent_with_another_sites_certificate_stops_before_connecting() {
     let err = fedcare_agent::Agent::new(cfg, base).err().expect("refused").to_string();
     assert!(err.contains("[site].tls"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_coordinators_audit_log_records_who_did_what_and_the_models_it_released() {
+    let out = tempfile::tempdir().unwrap();
+    let opts = fedcare_sim::SimOptions {
+        example_dir: fedcare_e2e::example_dir(),
+        rounds: Some(2),
+        out_dir: out.path().to_owned(),
+        pooled_reference: false,
+        secure_aggregation: None,
+        privacy: fedcare_sim::PrivacyOverride::AsSpecified,
+        mtls: true,
+    };
+    let result = fedcare_sim::run(&opts, |_| {}).await.expect("simulation runs");
+    let log = out.path().join("audit/coordinator.audit.jsonl");
+    let verified = fedcare_audit::verify(&log).expect("the coordinator's log verifies");
+    let entries = fedcare_audit::read_verified(&log).unwrap();
+    assert_eq!(verified.entries, entries.len() as u64);
+    use fedcare_audit::AuditEvent as E;
+    // Sites are recorded under their certificates' identities, the job under the research lead's.
+    let connected: Vec<(String, String)> =
+        entries.iter().filter_map(|e| match &e.event { E::SiteConnected { site, identity } => Some((site.clone(), identity.clone())), _ => None }).collect();
+    assert_eq!(connected.len(), 4, "{connected:?}");
+    for (site, identity) in &connected {
+        assert_eq!(identity, &format!("urn:fedcare:site:{site}"));
+    }
+    let submitted = entries.iter().find_map(|e| match &e.event { E::JobSubmitted { job_id, by, .. } => Some((job_id.clone(), by.clone())), _ => None });
+    assert_eq!(submitted, Some((result.report.job_id.clone(), "urn:fedcare:research-lead:research-lead".to_owned())));
+    // One entry per round, then the released model: its hash is that of the file written.
+    let rounds: Vec<u32> = entries.iter().filter_map(|e| match &e.event { E::RoundCompleted { round, .. } => Some(*round), _ => None }).collect();
+    assert_eq!(rounds, [1, 2]);
+    let released = entries.iter().find_map(|e| match &e.event { E::ModelReleased { model_sha256, .. } => Some(model_sha256.clone()), _ => None });
+    assert_eq!(released, Some(fedcare_audit::sha256_hex(&std::fs::read(&result.model_path).unwrap())));
+    assert!(matches!(entries.last().map(|e| &e.event), Some(E::JobEnded { success: true, .. })), "{:?}", entries.last());
+
+    // Tampering is found at the entry it touched: change the second round's model hash.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let line = text.lines().position(|l| l.contains("\"round\":2") && l.contains("round_completed")).expect("round 2 entry");
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    lines[line] = lines[line].replacen("model_sha256\":\"", "model_sha256\":\"0", 1);
+    std::fs::write(&log, lines.join("\n") + "\n").unwrap();
+    let err = fedcare_audit::verify(&log).unwrap_err().to_string();
+    assert!(err.contains(&format!("line {}", line + 1)), "{err}");
+}

@@ -63,6 +63,23 @@ async fn record_level_example_at_epsilon_8_reports_and_records_its_spend() {
     // over runs is in BENCHMARKS.md).
     let fed = report.federated.as_ref().expect("evaluated");
     assert!(fed.accuracy >= 0.72, "federated accuracy {} at epsilon 8", fed.accuracy);
+
+    // The model card written beside the report carries the same privacy figures, exactly, and
+    // says that the training counts are noised.
+    let card: fedcare_server::card::ModelCard =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("model-card.json")).expect("model-card.json written")).expect("it parses");
+    assert_eq!(card.privacy.epsilon_spent, Some(spent));
+    assert_eq!(card.privacy.delta, p.delta);
+    assert_eq!((card.privacy.unit.as_str(), card.privacy.mechanism.as_str()), ("record", "dp_sgd"));
+    assert_eq!(card.privacy.statement, p.statement);
+    assert_eq!(card.data.train_counts, fedcare_server::card::TrainCounts::Noised);
+    assert_eq!(card.federated.metrics().unwrap().accuracy, fed.accuracy);
+    for (c, r) in card.sites.iter().zip(&report.sites) {
+        assert_eq!((c.site.as_str(), c.train_examples), (r.site.as_str(), r.train_examples));
+        assert_eq!(c.test.metrics().map(|m| m.n), r.test.as_ref().map(|m| m.n), "{}", r.site);
+    }
+    let md = std::fs::read_to_string(out.path().join("model-card.md")).unwrap();
+    assert!(md.contains(&format!("Epsilon spent: {spent:.3}")) && md.contains("noised counts"), "{md}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -159,4 +176,37 @@ async fn site_level_central_mode_runs_and_is_labelled_weaker() {
     assert_eq!((p.unit.as_str(), p.mechanism.as_str()), ("site", "central_gaussian"));
     assert!(p.statement.contains("CENTRAL mode (weaker)") && p.statement.contains("only if the coordinator is honest"), "{}", p.statement);
     assert!(report.federated.as_ref().unwrap().accuracy >= 0.7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_sites_audit_log_records_its_privacy_spend_before_sending() {
+    let out = tempfile::tempdir().unwrap();
+    let opts = fedcare_sim::SimOptions {
+        example_dir: example_dir(),
+        rounds: Some(2),
+        out_dir: out.path().to_owned(),
+        pooled_reference: false,
+        secure_aggregation: None,
+        privacy: fedcare_sim::PrivacyOverride::AsSpecified,
+        mtls: false,
+    };
+    let result = fedcare_sim::run(&opts, |_| {}).await.expect("simulation runs");
+    let entries = fedcare_audit::read_verified(out.path().join("audit/va.audit.jsonl")).unwrap();
+    use fedcare_audit::AuditEvent as E;
+    // The statistics (round 0) and two rounds, each spend recorded before that release left.
+    let mut spends = Vec::new();
+    for (i, e) in entries.iter().enumerate() {
+        if let E::PrivacySpent { round, epsilon, .. } = &e.event {
+            spends.push((*round, *epsilon));
+            let next_sent = entries[i + 1..].iter().find_map(|e| match &e.event {
+                E::PayloadSent { kind, .. } => Some(kind.clone()),
+                _ => None,
+            });
+            assert!(matches!(next_sent.as_deref(), Some("stats" | "keys" | "update")), "{next_sent:?}");
+        }
+    }
+    assert_eq!(spends.iter().map(|s| s.0).collect::<Vec<_>>(), [0, 1, 2]);
+    assert!(spends.windows(2).all(|w| w[1].1 > w[0].1), "cumulative: {spends:?}");
+    let final_eps = spends.last().unwrap().1;
+    assert!((final_eps - result.report.privacy.site_ledgers["va"]).abs() < 1e-12);
 }

@@ -52,6 +52,17 @@ enum Command {
         /// development on one machine only.
         #[arg(long)]
         insecure_plaintext: bool,
+        /// The coordinator's tamper-evident audit log (default: coordinator.audit.jsonl beside
+        /// the state file): jobs submitted and by whom, sites connected and as whom, each round's
+        /// sites and model hash, each released model and report. Check it with `coordinator
+        /// audit verify`.
+        #[arg(long)]
+        audit_log: Option<PathBuf>,
+    },
+    /// Check or show an audit log (the coordinator's, or a site's).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
     },
     /// The federation's certificate authority and enrolment (runs locally).
     Pki {
@@ -145,6 +156,21 @@ impl Remote {
         };
         Ok(AdminClient::connect_as(&self.coordinator, party.as_ref()).await?)
     }
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check a log's hash chain; names the first changed, missing or reordered entry, and
+    /// prints the number of entries and the head hash.
+    Verify {
+        #[arg(long)]
+        log: PathBuf,
+    },
+    /// Print the entries of a verified log, one per line.
+    Show {
+        #[arg(long)]
+        log: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -351,7 +377,14 @@ fn write_outputs(out: &Path, model: &[u8], report: &fedcare_server::report::Repo
     std::fs::write(&model_path, model).with_context(|| format!("cannot write {}", model_path.display()))?;
     let report_path = out.join("report.json");
     std::fs::write(&report_path, serde_json_pretty(report)?).with_context(|| format!("cannot write {}", report_path.display()))?;
-    println!("model:  {}\nreport: {}", model_path.display(), report_path.display());
+    let card = fedcare_server::card::ModelCard::from_report(report).write(out)?;
+    println!(
+        "model:  {}\nreport: {}\ncard:   {} (and {})",
+        model_path.display(),
+        report_path.display(),
+        card.markdown.display(),
+        card.json.display()
+    );
     Ok(())
 }
 
@@ -366,7 +399,18 @@ fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Serve { listen, state, tls, insecure_plaintext: _ } => {
+        Command::Audit { command: AuditCommand::Verify { log } } => {
+            let report = fedcare_audit::verify(&log).with_context(|| format!("audit log {} does not verify", log.display()))?;
+            println!("{}: {} entries, intact", log.display(), report.entries);
+            println!("head: {}", report.head.as_deref().unwrap_or("(empty log)"));
+        }
+        Command::Audit { command: AuditCommand::Show { log } } => {
+            let entries = fedcare_audit::read_verified(&log).with_context(|| format!("audit log {} does not verify", log.display()))?;
+            for e in entries {
+                println!("{:>6} {} {}", e.seq, e.time_unix_ms, serde_json::to_string(&e.event).unwrap_or_default());
+            }
+        }
+        Command::Serve { listen, state, tls, insecure_plaintext: _, audit_log } => {
             fedcare_cli::init_logging(cli.global.log_format, "info");
             let security = match tls {
                 Some(dir) => {
@@ -376,7 +420,8 @@ async fn run(cli: Cli) -> Result<()> {
                 }
                 None => fedcare_server::Security::Plaintext,
             };
-            fedcare_server::serve(listen, &state, security, fedcare_cli::shutdown_signal()).await.context("coordinator stopped")?;
+            let audit_log = audit_log.unwrap_or_else(|| state.with_file_name("coordinator.audit.jsonl"));
+            fedcare_server::serve(listen, &state, &audit_log, security, fedcare_cli::shutdown_signal()).await.context("coordinator stopped")?;
         }
         Command::Pki { command } => pki(command)?,
         Command::Simulate { example, rounds, out, no_pooled_reference, no_secure_aggregation, no_mtls, epsilon, no_privacy } => {
@@ -401,9 +446,11 @@ async fn run(cli: Cli) -> Result<()> {
             println!("\nheld-out evaluation of the final model (job {}):\n", &result.report.job_id[..12]);
             print!("{}", result.report.table());
             println!(
-                "\nmodel:  {}\nreport: {}\naudit:  {} (one hash-chained log per site; `site-agent audit verify --log FILE`)\nwall time: {:.2} s",
+                "\nmodel:  {}\nreport: {}\ncard:   {} (and {})\naudit:  {} (one hash-chained log per site; `site-agent audit verify --log FILE`)\nwall time: {:.2} s",
                 result.model_path.display(),
                 result.report_path.display(),
+                result.card.markdown.display(),
+                result.card.json.display(),
                 opts.out_dir.join("audit").display(),
                 result.wall.as_secs_f64()
             );

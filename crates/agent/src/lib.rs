@@ -254,6 +254,26 @@ impl Agent {
                     return Ok(Ended::Fatal(e));
                 }
             let Some(reply_kind) = self.work.perform(work).instrument(span.clone()).await else { continue };
+            // A privatised release is in the ledger by now; the audit log records its spend too,
+            // before it is sent.
+            let released = match &reply_kind {
+                ReplyKind::Stats(_) => Some(None),
+                ReplyKind::Keys { round, .. } => Some(Some(*round)),
+                ReplyKind::Update(u) => Some(Some(u.round)),
+                _ => None,
+            };
+            if let Some(round) = released
+                && let Some((epsilon, delta, unit)) = self.work.spend_recorded(&job, round)
+                && let Err(e) = self.record(AuditEvent::PrivacySpent {
+                    job_id: job.to_string(),
+                    round: round.unwrap_or(0),
+                    epsilon,
+                    delta,
+                    unit: unit.to_owned(),
+                })
+            {
+                return Ok(Ended::Fatal(e));
+            }
             let decision = match &reply_kind {
                 ReplyKind::Decision { accept: true, .. } => Some(AuditEvent::JobApproved {
                     job_id: job.to_string(),

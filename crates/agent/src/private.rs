@@ -46,6 +46,13 @@ impl Budget {
         self.ledger().committed_release(job.as_str(), round, stage).map_err(|e| format!("privacy ledger: {e}"))
     }
 
+    /// The job's epsilon after the release recorded for `round` (None: the statistics), its
+    /// delta and unit, if one is recorded.
+    pub(crate) fn recorded(&self, job: &JobId, round: Option<u32>) -> Option<(f64, f64, &'static str)> {
+        let ledger = self.ledger();
+        ledger.entries().iter().rev().find(|e| e.job == job.as_str() && e.round == round).map(|e| (e.job_epsilon_after, e.delta, e.unit.as_str()))
+    }
+
     /// Records a release durably; an error means it must not be sent.
     pub(crate) fn commit(&self, job: &JobId, round: Option<u32>, stage: &str, plan: &PrivacyPlan, charge: fedcare_privacy::Charge, release: &[u8]) -> Result<(), String> {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);

@@ -138,6 +138,12 @@ impl Worker {
         self.approved_by.remove(job).unwrap_or_else(|| NO_POLICY_APPROVAL.to_owned())
     }
 
+    /// The privacy spend recorded in the ledger for this job's release of `round` (None: the
+    /// statistics): the job's epsilon after it, delta and unit.
+    pub(crate) fn spend_recorded(&self, job: &JobId, round: Option<u32>) -> Option<(f64, f64, &'static str)> {
+        self.budget.as_ref()?.recorded(job, round)
+    }
+
     /// Performs accepted work; `None` means there is nothing to reply (the job ended).
     pub(crate) async fn perform(&mut self, work: Work) -> Option<ReplyKind> {
         match work {

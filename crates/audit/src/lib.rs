@@ -121,7 +121,8 @@ pub enum AuditEvent {
         sha256: String,
         bytes: u64,
     },
-    /// Differential-privacy budget spent in a round.
+    /// Differential-privacy budget spent by a release (`round` 0: the statistics step);
+    /// `epsilon` is the job's total after it, as the site's ledger computed it.
     PrivacySpent {
         job_id: String,
         round: u32,
@@ -137,6 +138,15 @@ pub enum AuditEvent {
     },
     /// Free text, e.g. an operator's remark or a note about a repaired log.
     Note { text: String },
+    /// Coordinator: a research lead submitted a job (`by`: the caller's certificate identity).
+    JobSubmitted { job_id: String, job_name: String, by: String },
+    /// Coordinator: a site opened its work stream (`identity`: its certificate's identity).
+    SiteConnected { site: String, identity: String },
+    /// Coordinator: a round's new global model, the sites whose updates are in it, and the
+    /// SHA-256 of the model's parameters (little-endian f32s, in layout order).
+    RoundCompleted { job_id: String, round: u32, sites: Vec<String>, model_sha256: String },
+    /// Coordinator: a job's final model and report were stored for release.
+    ModelReleased { job_id: String, model_sha256: String, report_sha256: String },
 }
 
 /// One entry of the log, as stored on one line.

@@ -734,6 +734,14 @@ impl JobRun {
         self.actions.push_back(Action::Finished(Box::new(outcome)));
     }
 
+    /// Ends the job as failed for a reason outside the protocol (e.g. the driver could not
+    /// record something it must record). A no-op once the job is over.
+    pub fn abort(&mut self, reason: String) {
+        if !self.is_over() {
+            self.fail(reason);
+        }
+    }
+
     fn fail(&mut self, reason: String) {
         self.stage = Stage::Over;
         self.outstanding.clear();

@@ -62,6 +62,8 @@ struct Inner {
     store: Store,
     started: Instant,
     state: Mutex<State>,
+    /// The coordinator's own tamper-evident log (see [`Coordinator::set_audit_log`]).
+    audit: Mutex<Option<fedcare_audit::AuditLog>>,
 }
 
 /// The coordinator's shared state; cheap to clone into each service.
@@ -95,7 +97,28 @@ impl Coordinator {
                 store,
                 started: Instant::now(),
                 state: Mutex::new(State { sites: BTreeMap::new(), jobs: BTreeMap::new(), next_conn: 1 }),
+                audit: Mutex::new(None),
             }),
+        })
+    }
+
+    /// Keeps the coordinator's audit log in `log`: every job submitted (and by whom), every
+    /// site connected (and as whom), every completed round (its sites and the model's hash)
+    /// and every released model and report are appended, hash-chained and fsync'd, before the
+    /// coordinator acts on them. If the log cannot be written, the act is refused (a job is not
+    /// started, a site not connected) or the job fails: nothing happens unrecorded.
+    pub fn set_audit_log(&self, log: fedcare_audit::AuditLog) {
+        *self.inner.audit.lock().unwrap_or_else(|p| p.into_inner()) = Some(log);
+    }
+
+    /// Appends to the audit log if one is kept.
+    fn audit(&self, event: fedcare_audit::AuditEvent) -> Result<(), String> {
+        let mut guard = self.inner.audit.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(log) = guard.as_mut() else { return Ok(()) };
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        log.append(event, now).map(|_| ()).map_err(|e| {
+            tracing::error!(error = %e, "cannot write the coordinator's audit log");
+            format!("the coordinator's audit log cannot be written: {e}")
         })
     }
 
@@ -141,6 +164,11 @@ impl Coordinator {
 
     /// Validates, stores and starts a job; returns its id.
     pub fn submit(&self, spec_toml: &str) -> Result<JobId, Status> {
+        self.submit_by(spec_toml, "unauthenticated (no TLS)")
+    }
+
+    /// [`Coordinator::submit`] for the research lead `by` (their certificate's identity).
+    pub fn submit_by(&self, spec_toml: &str, by: &str) -> Result<JobId, Status> {
         let spec = JobSpec::from_toml(spec_toml, "submitted job spec").map_err(|e| Status::invalid_argument(e.to_string()))?;
         let id = spec.id();
         let n_features = spec.n_features();
@@ -150,6 +178,8 @@ impl Coordinator {
         if st.jobs.contains_key(&id) {
             return Err(Status::already_exists(format!("job {id} was already submitted")));
         }
+        self.audit(fedcare_audit::AuditEvent::JobSubmitted { job_id: id.to_string(), job_name: spec.name.clone(), by: by.to_owned() })
+            .map_err(Status::unavailable)?;
         let record = JobRecord {
             job_id: id.to_string(),
             name: spec.name.clone(),
@@ -192,7 +222,9 @@ impl Coordinator {
     }
 
     /// Registers a site's work stream, replacing an older one of the same site.
-    fn connect(&self, site: SiteId, agent_version: String, identity: Vec<u8>) -> SiteStream {
+    fn connect(&self, site: SiteId, agent_version: String, identity: Vec<u8>, authenticated_as: &str) -> Result<SiteStream, Status> {
+        self.audit(fedcare_audit::AuditEvent::SiteConnected { site: site.to_string(), identity: authenticated_as.to_owned() })
+            .map_err(Status::unavailable)?;
         let (tx, rx) = mpsc::unbounded_channel();
         let now = self.now_ms();
         let mut st = self.lock();
@@ -211,7 +243,7 @@ impl Coordinator {
             }
             self.drive(&mut st, &id);
         }
-        SiteStream { rx, _guard: ConnGuard { coordinator: self.clone(), site, conn } }
+        Ok(SiteStream { rx, _guard: ConnGuard { coordinator: self.clone(), site, conn } })
     }
 
     fn disconnect(&self, site: &SiteId, conn: u64) {
@@ -288,6 +320,12 @@ impl Coordinator {
                         _ => {}
                     }
                     if let JobEvent::RoundDone(record) = &event {
+                        let model_sha256 = fedcare_audit::sha256_hex(&job.run.model().iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>());
+                        let sites = record.sites.iter().map(|s| s.to_string()).collect();
+                        if let Err(reason) = self.audit(fedcare_audit::AuditEvent::RoundCompleted { job_id: id.to_string(), round: record.round, sites, model_sha256 }) {
+                            job.run.abort(reason);
+                            continue;
+                        }
                         let stored = serde_json::to_string(record)
                             .map_err(|e| e.to_string())
                             .and_then(|json| self.inner.store.put_round(id.as_str(), record.round, job.run.model(), &json).map_err(|e| e.to_string()));
@@ -300,7 +338,10 @@ impl Coordinator {
                 }
                 Action::Finished(outcome) => {
                     let kind = match self.finish(job, &outcome) {
-                        Ok(report_json) => pb::job_event::Kind::Finished(pb::JobFinished { report_json }),
+                        Ok(report_json) => {
+                            let _ = self.audit(fedcare_audit::AuditEvent::JobEnded { job_id: id.to_string(), success: true, reason: String::new() });
+                            pb::job_event::Kind::Finished(pb::JobFinished { report_json })
+                        }
                         Err(reason) => {
                             let _ = self.inner.store.set_status(id.as_str(), &JobStatus::Failed { reason: reason.clone() });
                             pb::job_event::Kind::Failed(pb::JobFailed { reason })
@@ -310,6 +351,7 @@ impl Coordinator {
                 }
                 Action::Failed(reason) => {
                     warn!(job = %id.short(), %reason, "job failed");
+                    let _ = self.audit(fedcare_audit::AuditEvent::JobEnded { job_id: id.to_string(), success: false, reason: reason.clone() });
                     if let Err(e) = self.inner.store.set_status(id.as_str(), &JobStatus::Failed { reason: reason.clone() }) {
                         warn!(error = %e, "could not persist the job's failure");
                     }
@@ -325,6 +367,11 @@ impl Coordinator {
         let bytes = fedcare_models::to_bytes(&job.spec.model, &params).map_err(|e| format!("could not encode the model: {e}"))?;
         let report = Report::build(&job.spec, outcome, &job.layout.digest());
         let json = serde_json::to_string_pretty(&report).map_err(|e| format!("could not encode the report: {e}"))?;
+        self.audit(fedcare_audit::AuditEvent::ModelReleased {
+            job_id: job.run.id().to_string(),
+            model_sha256: fedcare_audit::sha256_hex(&bytes),
+            report_sha256: fedcare_audit::sha256_hex(json.as_bytes()),
+        })?;
         self.inner.store.put_result(job.run.id().as_str(), &bytes, &json).map_err(|e| format!("could not store the result: {e}"))?;
         info!(job = %job.run.id().short(), accuracy = ?report.federated.as_ref().map(|m| m.accuracy), "job finished");
         Ok(json)
@@ -528,7 +575,8 @@ impl pb::site_service_server::SiteService for SiteApi {
                 r.identity_public_key.len()
             )));
         }
-        Ok(Response::new(self.0.connect(site, r.agent_version, r.identity_public_key)))
+        let who = id.as_ref().map_or_else(|| "unauthenticated (no TLS)".to_owned(), |i| i.urn());
+        Ok(Response::new(self.0.connect(site, r.agent_version, r.identity_public_key, &who)?))
     }
 
     async fn submit(&self, request: Request<pb::SiteReply>) -> Result<Response<pb::SubmitAck>, Status> {
@@ -553,7 +601,8 @@ impl pb::admin_service_server::AdminService for AdminApi {
     async fn submit_job(&self, request: Request<pb::SubmitJobRequest>) -> Result<Response<pb::SubmitJobResponse>, Status> {
         let caller = self.1.require(&request, &[fedcare_pki::Role::ResearchLead], "submit_job")?;
         let _span = info_span!("submit_job", by = %caller.as_ref().map_or("(unauthenticated)".to_owned(), |c| c.to_string())).entered();
-        let id = self.0.submit(&request.into_inner().spec_toml)?;
+        let by = caller.as_ref().map_or_else(|| "unauthenticated (no TLS)".to_owned(), |c| c.urn());
+        let id = self.0.submit_by(&request.into_inner().spec_toml, &by)?;
         Ok(Response::new(pb::SubmitJobResponse { job_id: id.to_string() }))
     }
 

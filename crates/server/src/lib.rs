@@ -5,6 +5,7 @@
 //! the state file before any site hears of it; every malformed or out-of-turn message gets a
 //! gRPC error that says why, and changes nothing.
 
+pub mod card;
 pub mod client;
 pub mod coordinator;
 pub mod report;
@@ -29,6 +30,8 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("mutual TLS: {0}")]
     Tls(#[from] fedcare_pki::PkiError),
+    #[error("the coordinator's audit log {path}: {message}")]
+    Audit { path: std::path::PathBuf, message: String },
 }
 
 /// How the coordinator's connections are secured.
@@ -120,9 +123,18 @@ async fn watch_crl(tls: fedcare_pki::ServerTls, path: std::path::PathBuf) {
     }
 }
 
-/// [`bind`] then [`serve_on`].
-pub async fn serve(addr: SocketAddr, state: &Path, security: Security, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServeError> {
+/// [`bind`] then [`serve_on`], keeping the coordinator's audit log in `audit_log`.
+pub async fn serve(
+    addr: SocketAddr,
+    state: &Path,
+    audit_log: &Path,
+    security: Security,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
     let (listener, local, coordinator) = bind(addr, state).await?;
+    let log = fedcare_audit::AuditLog::open(audit_log).map_err(|e| ServeError::Audit { path: audit_log.to_owned(), message: e.to_string() })?;
+    tracing::info!(audit_log = %audit_log.display(), entries = log.len(), "coordinator audit log open");
+    coordinator.set_audit_log(log);
     match &security {
         Security::MutualTls { .. } => tracing::info!(%local, state = %state.display(), "coordinator listening (mutual TLS)"),
         Security::Plaintext => tracing::warn!(

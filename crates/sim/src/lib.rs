@@ -101,6 +101,8 @@ pub struct SimResult {
     pub report: Report,
     pub model_path: PathBuf,
     pub report_path: PathBuf,
+    /// `model-card.md` and `model-card.json`, beside the report.
+    pub card: fedcare_server::card::CardFiles,
     pub wall: Duration,
 }
 
@@ -183,15 +185,17 @@ pub async fn run(opts: &SimOptions, mut progress: impl FnMut(&Line)) -> Result<S
     } else {
         (fedcare_server::Security::Plaintext, None)
     };
-    let (listener, addr, coordinator) = fedcare_server::bind("127.0.0.1:0".parse().expect("valid literal address"), &state).await?;
-    let server = tokio::spawn(fedcare_server::serve_on(listener, coordinator, security, stopped(stop_rx.clone())));
-    let url = if opts.mtls { format!("https://{addr}") } else { format!("http://{addr}") };
-    note(&mut progress, format!("coordinator on {url}; starting {} site agents", sites.len()));
-
     let audit_dir = opts.out_dir.join("audit");
     // A fresh simulation starts fresh audit logs.
     let _ = std::fs::remove_dir_all(&audit_dir);
     std::fs::create_dir_all(&audit_dir).map_err(|source| SimError::Write { path: audit_dir.clone(), source })?;
+    let (listener, addr, coordinator) = fedcare_server::bind("127.0.0.1:0".parse().expect("valid literal address"), &state).await?;
+    let coordinator_log = audit_dir.join("coordinator.audit.jsonl");
+    coordinator.set_audit_log(fedcare_audit::AuditLog::open(&coordinator_log).map_err(|e| SimError::Audit(format!("{}: {e}", coordinator_log.display())))?);
+    let server = tokio::spawn(fedcare_server::serve_on(listener, coordinator, security, stopped(stop_rx.clone())));
+    let url = if opts.mtls { format!("https://{addr}") } else { format!("http://{addr}") };
+    note(&mut progress, format!("coordinator on {url}; starting {} site agents", sites.len()));
+
     let mut agents = Vec::new();
     let mut site_data = Vec::new();
     let mut audit_logs = Vec::new();
@@ -257,7 +261,10 @@ pub async fn run(opts: &SimOptions, mut progress: impl FnMut(&Line)) -> Result<S
     std::fs::write(&model_path, &model).map_err(|source| SimError::Write { path: model_path.clone(), source })?;
     let json = serde_json::to_string_pretty(&report).map_err(|e| SimError::Pooled(e.to_string()))?;
     std::fs::write(&report_path, json).map_err(|source| SimError::Write { path: report_path.clone(), source })?;
-    Ok(SimResult { report, model_path, report_path, wall: started.elapsed() })
+    let card = fedcare_server::card::ModelCard::from_report(&report)
+        .write(&opts.out_dir)
+        .map_err(|e| SimError::Write { path: e.path, source: e.source })?;
+    Ok(SimResult { report, model_path, report_path, card, wall: started.elapsed() })
 }
 
 fn note(progress: &mut impl FnMut(&Line), text: String) {
