@@ -78,7 +78,7 @@ enum Command {
         /// Override the job's number of rounds.
         #[arg(long)]
         rounds: Option<u32>,
-        /// Output folder for model.safetensors, report.json and the coordinator's state file.
+        /// Output folder for model.safetensors, report.json, model-card.md/json, the audit logs, ledgers and PKI, and the coordinator's state file.
         #[arg(long, default_value = "out/heart-disease")]
         out: PathBuf,
         /// Skip the pooled (central) reference model.
@@ -106,7 +106,7 @@ enum Command {
         /// Follow the job until it ends, then print the results.
         #[arg(long)]
         watch: bool,
-        /// With --watch: write model.safetensors and report.json here when the job finishes.
+        /// With --watch: write model.safetensors, report.json and model-card.md/json here when the job finishes.
         #[arg(long, requires = "watch")]
         out: Option<PathBuf>,
     },
@@ -140,8 +140,9 @@ enum Command {
 /// How a research lead's command reaches the coordinator.
 #[derive(clap::Args)]
 struct Remote {
-    /// The coordinator's URL: https:// (mutual TLS, needs --tls) or http:// (development).
-    #[arg(long, default_value = "http://127.0.0.1:50051", env = "FEDCARE_COORDINATOR")]
+    /// The coordinator's URL: https:// (mutual TLS, needs --tls) or http:// (development
+    /// only: no TLS, a warning is printed).
+    #[arg(long, default_value = "https://127.0.0.1:50051", env = "FEDCARE_COORDINATOR")]
     coordinator: String,
     /// Your TLS folder (your <name>.key, the <name>.pem the CA signed, ca.pem).
     #[arg(long, env = "FEDCARE_TLS")]
@@ -154,6 +155,9 @@ impl Remote {
             Some(dir) => Some(fedcare_pki::PartyFiles::load(dir).with_context(|| format!("TLS folder {}", dir.display()))?),
             None => None,
         };
+        if self.coordinator.starts_with("http://") {
+            eprintln!("warning: {} is plain http: no TLS, no authentication (development only)", self.coordinator);
+        }
         Ok(AdminClient::connect_as(&self.coordinator, party.as_ref()).await?)
     }
 }

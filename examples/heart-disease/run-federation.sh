@@ -41,12 +41,18 @@ mkdir -p "$work/state"
   2> "$work/coordinator.log" &
 pids+=($!)
 
-echo "== four site agents"
+echo "== four site agents, each with its own policy (Cleveland approves jobs by hand)"
 for s in "${sites[@]}"; do
-  # Each site's own copy of its config, so its ledger and approvals land in WORKDIR.
+  # Each site's own copy of its config and policy, so its ledger, approvals and audit log land
+  # in WORKDIR.
   mkdir -p "$work/sites/$s"
-  sed "s#path = \"../data/#path = \"$root/examples/heart-disease/data/#" "$root/examples/heart-disease/sites/$s.toml" \
-    > "$work/sites/$s/site.toml"
+  approval=automatic
+  [ "$s" = cleveland ] && approval=manual
+  sed "s/^approval = \"automatic\"/approval = \"$approval\"/" "$root/examples/heart-disease/sites/policy/policy.toml" \
+    > "$work/sites/$s/policy.toml"
+  sed -e "s#path = \"../data/#path = \"$root/examples/heart-disease/data/#" \
+      -e "s@^\[site\]@[site]\npolicy = \"policy.toml\"\naudit_log = \"audit.jsonl\"@" \
+      "$root/examples/heart-disease/sites/$s.toml" > "$work/sites/$s/site.toml"
   "$A" run --config "$work/sites/$s/site.toml" --coordinator "$url" --tls "$work/pki/$s" 2> "$work/sites/$s/agent.log" &
   pids+=($!)
 done
@@ -57,8 +63,23 @@ for _ in $(seq 100); do
 done
 "$C" sites --coordinator "$url" --tls "$work/pki/lead"
 
-echo "== the research lead submits the job"
-"$C" submit "$root/examples/heart-disease/job.toml" --coordinator "$url" --tls "$work/pki/lead" --watch --out "$work/result"
+echo "== the research lead submits the job; Cleveland's administrator reviews and approves it"
+"$C" submit "$root/examples/heart-disease/job.toml" --coordinator "$url" --tls "$work/pki/lead" --watch --out "$work/result" &
+submit=$!
+cfg="$work/sites/cleveland/site.toml"
+for _ in $(seq 100); do
+  "$A" jobs list --config "$cfg" 2>/dev/null | grep -q pending && break
+  sleep 0.2
+done
+job=$("$A" jobs list --config "$cfg" --output json | sed -n 's/.*"job_hash": *"\([0-9a-f]\{64\}\)".*/\1/p' | head -1)
+"$A" jobs show "$job" --config "$cfg"
+"$A" jobs approve "$job" --config "$cfg" --by "Cleveland privacy officer"
+wait "$submit"
 
-echo "== what each site spent of its privacy budget"
+echo "== the model card"
+cat "$work/result/model-card.md" 2>/dev/null || echo "(no model card written)"
+
+echo "== what Cleveland spent of its privacy budget, and its audit log"
 "$A" ledger --config "$work/sites/cleveland/site.toml"
+"$A" audit verify --log "$work/sites/cleveland/audit.jsonl"
+"$C" audit verify --log "$work/state/coordinator.audit.jsonl"

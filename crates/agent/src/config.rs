@@ -187,7 +187,7 @@ mod tests {
     fn bad_site_id_and_url_are_refused() {
         let text = CLEVELAND.replacen("id = \"cleveland\"", "id = \"clev land\"", 1);
         assert!(AgentConfig::parse(&text, "x").unwrap_err().to_string().contains("site.id"));
-        let text = CLEVELAND.replacen("http://", "ftp://", 1);
+        let text = CLEVELAND.replacen("https://", "ftp://", 1);
         assert!(AgentConfig::parse(&text, "x").unwrap_err().to_string().contains("site.coordinator"));
     }
 }

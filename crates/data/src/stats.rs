@@ -163,7 +163,7 @@ impl Standardization {
         let (mut mean, mut std) = (Vec::with_capacity(s.width()), Vec::with_capacity(s.width()));
         for (j, &(lo, hi)) in bounds.iter().enumerate() {
             let (sum, sum_sq) = (s.sum[j], s.sum_sq[j]);
-            if !(lo.is_finite() && hi.is_finite() && lo < hi) || !sum.is_finite() || !sum_sq.is_finite() {
+            if !(lo.is_finite() && hi.is_finite() && lo < hi && sum.is_finite() && sum_sq.is_finite()) {
                 return Err(DataError::Stats(format!("column {}: unusable noised sums or range", j + 1)));
             }
             let n = s.count[j].max(1) as f64;

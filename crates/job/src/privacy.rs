@@ -220,6 +220,9 @@ pub(crate) fn validate(spec: &JobSpec) -> Result<(), (String, String)> {
     Ok(())
 }
 
+/// One round's charge as a function of the noise multiplier being calibrated.
+type PerRound = Box<dyn Fn(f64) -> Charge>;
+
 /// The job's privacy plan; `None` for unit `none`. Deterministic: the same spec gives the
 /// same plan everywhere.
 pub fn plan(spec: &JobSpec) -> Result<Option<PrivacyPlan>, PrivacyError> {
@@ -231,7 +234,7 @@ pub fn plan(spec: &JobSpec) -> Result<Option<PrivacyPlan>, PrivacyError> {
         return Err(PrivacyError::InvalidEpsilon(f64::NAN));
     };
     let rounds = spec.rounds;
-    let (unit, mechanism, stats, q, steps, per_round): (Unit, &'static str, Option<Charge>, f64, u64, Box<dyn Fn(f64) -> Charge>) =
+    let (unit, mechanism, stats, q, steps, per_round): (Unit, &'static str, Option<Charge>, f64, u64, PerRound) =
         match p.unit {
             PrivacyUnit::Record => {
                 let q = p.sampling_rate.unwrap_or(1.0);

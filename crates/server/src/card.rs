@@ -92,7 +92,7 @@ pub struct CardData {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CardFeature {
     pub name: String,
-    /// "numeric" or "categorical (1, 2, 3, 4)".
+    /// "numeric" or "categorical: 1, 2, 3, 4".
     pub encoding: String,
 }
 
@@ -185,7 +185,7 @@ impl ModelCard {
         let spec = &report.spec;
         let dp_sgd = report.privacy.mechanism == "dp_sgd";
         let (description, hidden_layers) = match &spec.model {
-            ModelSpec::LogisticRegression => ("logistic regression (a weighted sum of the inputs turned into a probability)".to_owned(), Vec::new()),
+            ModelSpec::LogisticRegression => ("logistic regression, a weighted sum of the inputs turned into a probability".to_owned(), Vec::new()),
             ModelSpec::Mlp { hidden } => (
                 format!(
                     "neural network (multilayer perceptron) with {} hidden layer{} of {} units",
@@ -226,7 +226,7 @@ impl ModelCard {
                 name: f.name.clone(),
                 encoding: match &f.kind {
                     FeatureKind::Numeric => "numeric".to_owned(),
-                    FeatureKind::Categorical { levels } => format!("categorical ({})", join(levels)),
+                    FeatureKind::Categorical { levels } => format!("categorical: {}", join(levels)),
                 },
             })
             .collect();
@@ -315,9 +315,9 @@ impl ModelCard {
         );
 
         let _ = writeln!(o, "## The model\n");
-        let _ = writeln!(o, "- Kind: {} (`{}`), {} parameters", m.description, m.kind, m.parameters);
+        let _ = writeln!(o, "- Kind: {} (`{}`, {} parameters)", m.description, m.kind, m.parameters);
         let sampling = match (m.batch_size, m.sampling_rate) {
-            (_, Some(q)) => format!("each training step uses a random sample of about {q} of the site's records"),
+            (_, Some(q)) => format!("each training step uses a random sample of about {}% of the site's records", pct(q)),
             (Some(b), None) => format!("batch size {b}"),
             (None, None) => "batch size not applicable".to_owned(),
         };
@@ -371,7 +371,7 @@ impl ModelCard {
                 if p.unit == "site" { "hospital's data" } else { "patient" }
             );
         }
-        let _ = writeln!(o, "- In full: {}", p.statement);
+        let _ = writeln!(o, "- The guarantee in technical terms: {}", p.statement);
         let _ = writeln!(
             o,
             "- Secure aggregation: {}",
@@ -395,7 +395,7 @@ impl ModelCard {
         let _ = writeln!(
             o,
             "Accuracy: share of test patients classified correctly. AUC: chance that a positive patient scores higher than a \
-             negative one (0.5 is a coin toss, 1 is perfect). Loss: mean cross-entropy, lower is better. n: test patients. \
+             negative one (0.5 is a coin toss, 1 is perfect; n/a when all test patients have the same label). Loss: mean cross-entropy, lower is better. n: test patients. \
              Figures over fewer than {MIN_REPORTED_N} patients are suppressed: small counts could identify patients.\n"
         );
         let _ = writeln!(o, "| | n | accuracy | AUC | loss |\n|---|---:|---:|---:|---:|");
@@ -477,7 +477,7 @@ fn metrics_cells(e: &Evaluation) -> String {
             "{} | {:.3} | {} | {:.3} |",
             m.n,
             m.accuracy,
-            m.auc.map_or("n/a (one class only)".to_owned(), |a| format!("{a:.3}")),
+            m.auc.map_or("n/a".to_owned(), |a| format!("{a:.3}")),
             m.loss
         ),
         Evaluation::Suppressed => format!("suppressed (n < {MIN_REPORTED_N}) | | | |"),
@@ -581,7 +581,7 @@ mod tests {
         assert_eq!(card.model.batch_size, None);
         assert_eq!(card.model.sampling_rate, Some(0.04));
         assert_eq!(card.data.features.len(), report.spec.schema.features.len());
-        assert_eq!(card.data.features[2].encoding, "categorical (1, 2, 3, 4)");
+        assert_eq!(card.data.features[2].encoding, "categorical: 1, 2, 3, 4");
         assert_eq!(card.data.train_counts, TrainCounts::Noised);
         assert_eq!(card.intended_use, "Research use only: predicts whether disease > 0 from the features listed; not validated for clinical decisions.");
 
@@ -663,7 +663,8 @@ mod tests {
         assert!(md.contains(&card.intended_use));
         assert!(md.contains("| **all sites (federated)** | 105 | 0.790 |"), "{md}");
         assert!(md.contains("| a | 40 | 0.900 | 0.930 | 0.500 |"), "{md}");
-        assert!(md.contains("| b | 60 | 0.700 | n/a (one class only) |"), "{md}");
+        assert!(md.contains("| b | 60 | 0.700 | n/a |"), "{md}");
+        assert!(md.contains("cp (categorical: 1, 2, 3, 4)") && md.contains("random sample of about 4% of"), "{md}");
         assert!(md.contains("Date: not recorded"));
         assert!(md.contains("Mutual TLS (every connection authenticated by a certificate from the federation's authority): not recorded"));
         assert!(md.contains("noised counts"));
