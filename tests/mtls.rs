@@ -165,6 +165,28 @@ async fn the_coordinators_audit_log_records_who_did_what_and_the_models_it_relea
     assert_eq!(released, Some(fedcare_audit::sha256_hex(&std::fs::read(&result.model_path).unwrap())));
     assert!(matches!(entries.last().map(|e| &e.event), Some(E::JobEnded { success: true, .. })), "{:?}", entries.last());
 
+    // Every message is digested on both sides: what the coordinator recorded as sent to va is,
+    // byte for byte, what va recorded as received, and the other way round.
+    let coordinator_digests: Vec<fedcare_audit::PayloadDigest> = entries
+        .iter()
+        .flat_map(|e| match &e.event {
+            E::RoundCompleted { payloads, .. } | E::PayloadsExchanged { payloads, .. } => payloads.clone(),
+            _ => Vec::new(),
+        })
+        .filter(|d| d.site == "va")
+        .collect();
+    let va = fedcare_audit::read_verified(out.path().join("audit/va.audit.jsonl")).unwrap();
+    let va_received: Vec<&str> = va.iter().filter_map(|e| match &e.event { E::PayloadReceived { sha256, .. } => Some(sha256.as_str()), _ => None }).collect();
+    let va_sent: Vec<&str> = va.iter().filter_map(|e| match &e.event { E::PayloadSent { sha256, .. } => Some(sha256.as_str()), _ => None }).collect();
+    let sent_to_va: Vec<&str> = coordinator_digests.iter().filter(|d| d.direction == "sent").map(|d| d.sha256.as_str()).collect();
+    let received_from_va: Vec<&str> = coordinator_digests.iter().filter(|d| d.direction == "received").map(|d| d.sha256.as_str()).collect();
+    assert!(sent_to_va.len() >= 2 * 5, "offer, stats, and per round train/keys/mask/unmask/eval: {}", sent_to_va.len());
+    // (The job's last message, its end, may still be in flight when the simulation stops.)
+    let n = sent_to_va.len() - 1;
+    assert!(va_received.len() >= n, "{} of {n}", va_received.len());
+    assert_eq!(sent_to_va[..n], va_received[..n], "coordinator's sent digests vs va's received");
+    assert_eq!(received_from_va, va_sent, "coordinator's received digests vs va's sent");
+
     // Tampering is found at the entry it touched: change the second round's model hash.
     let text = std::fs::read_to_string(&log).unwrap();
     let line = text.lines().position(|l| l.contains("\"round\":2") && l.contains("round_completed")).expect("round 2 entry");

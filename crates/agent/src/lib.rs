@@ -213,7 +213,7 @@ impl Agent {
                 Err(s) => return Ok(Ended::Lost(format!("stream error: {}", s.message()))),
             };
             let received = task.encode_to_vec();
-            let round = task_round(&task);
+            let round = fedcare_wire::task_round(&task);
             let kind_name = task.kind.as_ref().map_or("unknown", wire_task_kind);
             let event = AuditEvent::PayloadReceived {
                 job_id: task.job_id.clone(),
@@ -324,19 +324,6 @@ impl Agent {
             tracing::error!(error = %e, "cannot write the audit log; stopping rather than act unrecorded");
             e.to_string()
         })
-    }
-}
-
-/// The round a wire task belongs to, if any.
-fn task_round(t: &pb::Task) -> Option<u32> {
-    use pb::task::Kind;
-    match t.kind.as_ref()? {
-        Kind::Train(x) => Some(x.round),
-        Kind::Eval(x) => Some(x.round),
-        Kind::ShareKeys(x) => Some(x.round),
-        Kind::Mask(x) => Some(x.round),
-        Kind::Unmask(x) => Some(x.round),
-        Kind::Offer(_) | Kind::Stats(_) | Kind::End(_) => None,
     }
 }
 

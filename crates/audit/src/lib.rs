@@ -142,11 +142,36 @@ pub enum AuditEvent {
     JobSubmitted { job_id: String, job_name: String, by: String },
     /// Coordinator: a site opened its work stream (`identity`: its certificate's identity).
     SiteConnected { site: String, identity: String },
-    /// Coordinator: a round's new global model, the sites whose updates are in it, and the
-    /// SHA-256 of the model's parameters (little-endian f32s, in layout order).
-    RoundCompleted { job_id: String, round: u32, sites: Vec<String>, model_sha256: String },
+    /// Coordinator: a round's new global model, the sites whose updates are in it, the
+    /// SHA-256 of the model's parameters (little-endian f32s, in layout order), and the digest
+    /// of every message exchanged with the sites for the job since the previous entry.
+    RoundCompleted {
+        job_id: String,
+        round: u32,
+        sites: Vec<String>,
+        model_sha256: String,
+        #[serde(default)]
+        payloads: Vec<PayloadDigest>,
+    },
+    /// Coordinator: digests of messages exchanged for a job that no round entry covers (those
+    /// after the last round), recorded when the job ends.
+    PayloadsExchanged { job_id: String, payloads: Vec<PayloadDigest> },
     /// Coordinator: a job's final model and report were stored for release.
     ModelReleased { job_id: String, model_sha256: String, report_sha256: String },
+}
+
+/// One message between the coordinator and a site: its direction as seen by the party that
+/// records it (`sent` or `received`), the site, the message kind, the round if any, and the
+/// SHA-256 and size of its exact protobuf bytes. A site's `PayloadReceived` entry for a task
+/// carries the same hash as the coordinator's `sent` digest of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PayloadDigest {
+    pub direction: String,
+    pub site: String,
+    pub kind: String,
+    pub round: Option<u32>,
+    pub sha256: String,
+    pub bytes: u64,
 }
 
 /// One entry of the log, as stored on one line.

@@ -50,6 +50,20 @@ struct JobEntry {
     events: Vec<pb::JobEvent>,
     /// Number of events in `events`, and whether the job is over.
     published: watch::Sender<(usize, bool)>,
+    /// Digests of the messages exchanged for this job since its last audit entry.
+    payloads: Vec<fedcare_audit::PayloadDigest>,
+}
+
+/// The digest of one message's exact protobuf bytes, for the audit log.
+fn digest(direction: &str, site: &str, kind: &str, round: Option<u32>, bytes: &[u8]) -> fedcare_audit::PayloadDigest {
+    fedcare_audit::PayloadDigest {
+        direction: direction.to_owned(),
+        site: site.to_owned(),
+        kind: kind.to_owned(),
+        round,
+        sha256: fedcare_audit::sha256_hex(bytes),
+        bytes: bytes.len() as u64,
+    }
 }
 
 struct State {
@@ -109,6 +123,19 @@ impl Coordinator {
     /// started, a site not connected) or the job fails: nothing happens unrecorded.
     pub fn set_audit_log(&self, log: fedcare_audit::AuditLog) {
         *self.inner.audit.lock().unwrap_or_else(|p| p.into_inner()) = Some(log);
+    }
+
+    /// Whether an audit log is kept (digests are computed only then).
+    fn audited(&self) -> bool {
+        self.inner.audit.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+    }
+
+    /// Records the digests not yet in an entry (a job's last messages).
+    fn audit_payloads(&self, job: &mut JobEntry, id: &JobId) {
+        let payloads = std::mem::take(&mut job.payloads);
+        if !payloads.is_empty() {
+            let _ = self.audit(fedcare_audit::AuditEvent::PayloadsExchanged { job_id: id.to_string(), payloads });
+        }
     }
 
     /// Appends to the audit log if one is kept.
@@ -209,6 +236,7 @@ impl Coordinator {
             submitted: Instant::now(),
             events: Vec::new(),
             published: watch::channel((0, false)).0,
+            payloads: Vec::new(),
         });
         let now = self.now_ms();
         let sites: Vec<(SiteId, Vec<u8>)> = st.sites.iter().map(|(s, c)| (s.clone(), c.identity.clone())).collect();
@@ -268,13 +296,18 @@ impl Coordinator {
 
     /// Feeds a site's reply into its job.
     fn reply(&self, reply: pb::SiteReply) -> Result<(), Status> {
+        let received = self.audited().then(|| (reply.site_id.clone(), fedcare_wire::reply_round(&reply), reply.encode_to_vec()));
         let reply = fedcare_wire::reply_from_wire(reply).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let kind_name = reply.kind.name();
         let span = info_span!("reply", site = %reply.site, job = %reply.job.short(), task = reply.task.0, kind = reply.kind.name());
         let _enter = span.enter();
         let now = self.now_ms();
         let mut st = self.lock();
         let job_id = reply.job.clone();
         let job = st.jobs.get_mut(&job_id).ok_or_else(|| Status::not_found(format!("no job {job_id}")))?;
+        if let Some((site, round, bytes)) = &received {
+            job.payloads.push(digest("received", site, kind_name, *round, bytes));
+        }
         let result = job.run.handle_reply(reply, now);
         // A refused update still changes the stage (the site leaves it), so drive either way.
         self.drive(&mut st, &job_id);
@@ -294,7 +327,12 @@ impl Coordinator {
             let Some(action) = job.run.poll() else { return };
             match action {
                 Action::Send { site, task } => {
-                    let delivered = st.sites.get(&site).is_some_and(|c| c.tx.send(Ok(fedcare_wire::task_to_wire(&task))).is_ok());
+                    let wire = fedcare_wire::task_to_wire(&task);
+                    if self.audited() {
+                        let d = digest("sent", site.as_str(), task.kind.name(), fedcare_wire::task_round(&wire), &wire.encode_to_vec());
+                        job.payloads.push(d);
+                    }
+                    let delivered = st.sites.get(&site).is_some_and(|c| c.tx.send(Ok(wire)).is_ok());
                     if !delivered {
                         let now = self.now_ms();
                         if let Some(job) = st.jobs.get_mut(id) {
@@ -322,7 +360,8 @@ impl Coordinator {
                     if let JobEvent::RoundDone(record) = &event {
                         let model_sha256 = fedcare_audit::sha256_hex(&job.run.model().iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>());
                         let sites = record.sites.iter().map(|s| s.to_string()).collect();
-                        if let Err(reason) = self.audit(fedcare_audit::AuditEvent::RoundCompleted { job_id: id.to_string(), round: record.round, sites, model_sha256 }) {
+                        let payloads = std::mem::take(&mut job.payloads);
+                        if let Err(reason) = self.audit(fedcare_audit::AuditEvent::RoundCompleted { job_id: id.to_string(), round: record.round, sites, model_sha256, payloads }) {
                             job.run.abort(reason);
                             continue;
                         }
@@ -337,6 +376,7 @@ impl Coordinator {
                     self.publish(job, wire);
                 }
                 Action::Finished(outcome) => {
+                    self.audit_payloads(job, id);
                     let kind = match self.finish(job, &outcome) {
                         Ok(report_json) => {
                             let _ = self.audit(fedcare_audit::AuditEvent::JobEnded { job_id: id.to_string(), success: true, reason: String::new() });
@@ -351,6 +391,7 @@ impl Coordinator {
                 }
                 Action::Failed(reason) => {
                     warn!(job = %id.short(), %reason, "job failed");
+                    self.audit_payloads(job, id);
                     let _ = self.audit(fedcare_audit::AuditEvent::JobEnded { job_id: id.to_string(), success: false, reason: reason.clone() });
                     if let Err(e) = self.inner.store.set_status(id.as_str(), &JobStatus::Failed { reason: reason.clone() }) {
                         warn!(error = %e, "could not persist the job's failure");

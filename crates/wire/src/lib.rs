@@ -237,6 +237,34 @@ pub fn reply_from_wire(r: pb::SiteReply) -> Result<Reply, WireError> {
     Ok(Reply { site, job, task: TaskId(r.task_id), kind })
 }
 
+/// The round a wire task belongs to, if any (for audit records, on either side).
+pub fn task_round(t: &pb::Task) -> Option<u32> {
+    use pb::task::Kind;
+    match t.kind.as_ref()? {
+        Kind::Train(x) => Some(x.round),
+        Kind::Eval(x) => Some(x.round),
+        Kind::ShareKeys(x) => Some(x.round),
+        Kind::Mask(x) => Some(x.round),
+        Kind::Unmask(x) => Some(x.round),
+        Kind::Offer(_) | Kind::Stats(_) | Kind::End(_) => None,
+    }
+}
+
+/// The round a wire reply belongs to, if any (for audit records, on either side).
+pub fn reply_round(r: &pb::SiteReply) -> Option<u32> {
+    use pb::site_reply::Kind;
+    match r.kind.as_ref()? {
+        Kind::Update(x) => Some(x.round),
+        Kind::Evaluation(x) => Some(x.round),
+        Kind::Keys(x) => Some(x.round),
+        Kind::Shares(x) => Some(x.round),
+        Kind::Masked(x) => Some(x.round),
+        Kind::Unmask(x) => Some(x.round),
+        Kind::Decision(_) | Kind::Stats(_) | Kind::Failed(_) => None,
+    }
+}
+
+
 #[cfg(test)]
 mod tests {
     use super::*;
