@@ -493,8 +493,14 @@ async fn run(cli: Cli) -> Result<()> {
                 bail!("no site is connected to {}", remote.coordinator);
             }
             for s in sites {
-                let job = if s.job_id.is_empty() { "idle".to_owned() } else { format!("in job {}", &s.job_id[..12.min(s.job_id.len())]) };
-                println!("{:<16} {:<28} {job}", s.site_id, s.agent_version);
+                let state = if !s.connected {
+                    format!("LOST {} s ago (no heartbeat answer or stream closed)", s.lost_ms_ago / 1000)
+                } else if s.job_id.is_empty() {
+                    "idle".to_owned()
+                } else {
+                    format!("in job {}", &s.job_id[..12.min(s.job_id.len())])
+                };
+                println!("{:<16} {:<28} {state}", s.site_id, s.agent_version);
             }
         }
         Command::Privacy { command: PrivacyCommand::Plan { noise_multiplier, target_epsilon, sampling_rate, steps, delta, output } } => {

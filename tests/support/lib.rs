@@ -104,7 +104,7 @@ impl TestCoordinator {
     pub async fn wait_for_sites(&self, n: usize) {
         let mut admin = fedcare_server::client::AdminClient::connect(&self.url).await.expect("admin connects");
         for _ in 0..500 {
-            if admin.sites().await.expect("list sites").len() >= n {
+            if admin.sites().await.expect("list sites").iter().filter(|s| s.connected).count() >= n {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;

@@ -151,7 +151,12 @@ impl Agent {
     /// Runs until `shutdown` completes, reconnecting with exponential backoff and jitter
     /// whenever the coordinator is unreachable or the stream breaks.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
-        let endpoint = Channel::from_shared(self.coordinator.clone()).map_err(|_| AgentError::BadUrl(self.coordinator.clone()))?;
+        let endpoint = Channel::from_shared(self.coordinator.clone())
+            .map_err(|_| AgentError::BadUrl(self.coordinator.clone()))?
+            // Notice a dead coordinator by HTTP/2 keepalive, then reconnect with backoff.
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .keep_alive_while_idle(true);
         let tls = self.tls.take();
         let span = info_span!("site", site = %self.site);
         tokio::pin!(shutdown);
@@ -199,6 +204,8 @@ impl Agent {
             agent_version: format!("fedcare site-agent {}", env!("CARGO_PKG_VERSION")),
             identity_public_key: self.identity_public_key.clone(),
         };
+        // A new connection: jobs in flight are offered again if the coordinator still has them.
+        self.session.forget_unfinished();
         let mut stream = match client.join(join).await {
             Ok(r) => r.into_inner(),
             Err(s) if matches!(s.code(), tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition | tonic::Code::PermissionDenied) => {

@@ -117,6 +117,10 @@ pub(crate) struct Worker {
     base_dir: PathBuf,
     jobs: BTreeMap<JobId, JobData>,
     identity: Arc<IdentityKey>,
+    /// The members of every secure round this site has joined (job, round). A round asked
+    /// again (a coordinator resuming after a restart) is joined only with the same members:
+    /// two sums of the same updates over different sets would reveal their difference.
+    secure_rounds: BTreeMap<(JobId, u32), Vec<String>>,
 }
 
 impl Worker {
@@ -128,7 +132,17 @@ impl Worker {
         budget: Option<Arc<Budget>>,
         policy: Option<SitePolicy>,
     ) -> Worker {
-        Worker { budget, policy, approved_by: BTreeMap::new(), site, data, base_dir, jobs: BTreeMap::new(), identity: Arc::new(identity) }
+        Worker {
+            budget,
+            policy,
+            approved_by: BTreeMap::new(),
+            site,
+            data,
+            base_dir,
+            jobs: BTreeMap::new(),
+            identity: Arc::new(identity),
+            secure_rounds: BTreeMap::new(),
+        }
     }
 
     /// Who or what approved a job this site has just accepted, for the audit log's
@@ -154,6 +168,18 @@ impl Worker {
                 Some(result.unwrap_or_else(|reason| ReplyKind::Failed { reason }))
             }
             Work::Train { job, spec, round, model, standardization, secagg: Some((sa, index)), .. } => {
+                let members: Vec<String> = sa.setup.sites.iter().map(|e| e.name.clone()).collect();
+                match self.secure_rounds.get(&(job.clone(), round)) {
+                    Some(before) if *before != members => {
+                        warn!(job = %job.short(), round, "round asked again with other members; refused");
+                        return Some(ReplyKind::Failed {
+                            reason: format!("round {round} was already run with other sites ({}); a second sum over a different set is refused", before.join(", ")),
+                        });
+                    }
+                    _ => {
+                        self.secure_rounds.insert((job.clone(), round), members);
+                    }
+                }
                 let salt = fedcare_job::site_salt(self.site.as_str());
                 let identity = self.identity.clone();
                 let budget = self.budget.clone();

@@ -332,6 +332,10 @@ impl ClientTls {
     /// Connects to the coordinator at `url` (`https://host:port`).
     pub async fn connect(&self, url: &str) -> Result<Channel, PkiError> {
         ClientTls::endpoint(url)?
+            // A party notices a dead coordinator by the same HTTP/2 keepalive it answers.
+            .http2_keep_alive_interval(std::time::Duration::from_secs(10))
+            .keep_alive_timeout(std::time::Duration::from_secs(20))
+            .keep_alive_while_idle(true)
             .connect_with_connector(self.connector())
             .await
             .map_err(|source| PkiError::Connect { url: url.to_owned(), source })

@@ -192,6 +192,36 @@ impl JobRun {
         &self.job
     }
 
+    /// A job resumed after a coordinator restart: `model` is the global model after the last
+    /// recorded round and `history` the records of rounds `1..=history.len()`, in order. It
+    /// recruits again and redoes the statistics step (sites answer with the statistics they
+    /// recorded, so nothing new is spent and the scaling is the same), then continues with
+    /// round `history.len() + 1`: no recorded round is run or counted twice.
+    pub fn resume(
+        spec: Arc<JobSpec>,
+        spec_toml: Arc<str>,
+        layout_digest: String,
+        model: Vec<f32>,
+        history: Vec<RoundRecord>,
+    ) -> Result<JobRun, String> {
+        for (i, r) in history.iter().enumerate() {
+            if r.round != i as u32 + 1 {
+                return Err(format!("recorded rounds are not 1..{}: found round {} at position {}", history.len(), r.round, i + 1));
+            }
+        }
+        if history.len() as u32 > spec.rounds {
+            return Err(format!("{} rounds recorded for a job of {}", history.len(), spec.rounds));
+        }
+        let mut run = JobRun::new(spec, spec_toml, layout_digest, model);
+        run.history = history;
+        Ok(run)
+    }
+
+    /// Rounds completed so far.
+    pub fn rounds_done(&self) -> u32 {
+        self.history.len() as u32
+    }
+
     /// The noise source of the central mechanism (site-level privacy, `mechanism =
     /// "central"`). The driver seeds it from a CSPRNG; a central job without one fails at
     /// its first round rather than release an un-noised model.
@@ -523,7 +553,13 @@ impl JobRun {
                     Ok(std) => {
                         self.standardization = Some(Arc::new(std));
                         self.event(JobEvent::StatsDone { total_examples: total });
-                        self.start_round(1, now_ms);
+                        // A resumed job continues after its last recorded round.
+                        let next = self.history.len() as u32 + 1;
+                        if next > self.spec.rounds {
+                            self.finish();
+                        } else {
+                            self.start_round(next, now_ms);
+                        }
                     }
                     Err(e) => self.fail(format!("federated statistics unusable: {e}")),
                 }

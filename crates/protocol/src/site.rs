@@ -166,6 +166,16 @@ impl SiteSession {
         &self.site
     }
 
+    /// Forgets every job that has not ended, as when the connection to the coordinator is
+    /// replaced: a restarted coordinator resumes its jobs by offering them again, and a new
+    /// offer of a job the site had joined must be decided afresh rather than refused as a
+    /// duplicate. Replaying a round this way cannot extract anything new from the site: under
+    /// differential privacy its ledger re-sends the release it recorded for that round, and
+    /// without it the same round from the same model gives the same update.
+    pub fn forget_unfinished(&mut self) {
+        self.jobs.retain(|_, j| j.membership == Membership::Ended);
+    }
+
     /// Checks a task and says what to do. On error nothing changes.
     pub fn on_task(&mut self, task: Task) -> Result<Work, SiteError> {
         let Task { job, id, kind } = task;

@@ -54,6 +54,45 @@ struct JobEntry {
     payloads: Vec<fedcare_audit::PayloadDigest>,
 }
 
+/// Rebuilds a running job from the store: its spec, the model after its last recorded round,
+/// the records of rounds 1..=last, and the events already published (watchers replay them).
+fn resume(store: &Store, job: &JobRecord) -> Result<JobEntry, String> {
+    let spec = JobSpec::from_toml(&job.spec_toml, "stored job spec").map_err(|e| e.to_string())?;
+    let id = spec.id();
+    if id.as_str() != job.job_id {
+        return Err(format!("the stored spec hashes to {id}, not {}", job.job_id));
+    }
+    let n_features = spec.n_features();
+    let layout = fedcare_models::layout(&spec.model, n_features);
+    let last = store.last_round(&job.job_id).map_err(|e| e.to_string())?.unwrap_or(0);
+    let mut history = Vec::new();
+    for round in 1..=last {
+        let json = store.round_record(&job.job_id, round).map_err(|e| e.to_string())?.ok_or(format!("round {round} has no record"))?;
+        history.push(serde_json::from_str(&json).map_err(|e| format!("round {round}'s record: {e}"))?);
+    }
+    let model = match last {
+        0 => fedcare_models::init(&spec.model, n_features, spec.seed).values,
+        r => store.round_model(&job.job_id, r).map_err(|e| e.to_string())?.ok_or(format!("round {r} has no model"))?,
+    };
+    if model.len() != layout.len() {
+        return Err(format!("the stored model has {} values, the job's model {}", model.len(), layout.len()));
+    }
+    let events = store
+        .events(&job.job_id)
+        .map_err(|e| e.to_string())?
+        .iter()
+        .map(|b| pb::JobEvent::decode(b.as_slice()).map_err(|e| format!("a stored event does not decode: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let spec = Arc::new(spec);
+    let mut seed = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed).map_err(|_| "the system's random generator failed".to_owned())?;
+    let run = JobRun::resume(spec.clone(), job.spec_toml.clone().into(), layout.digest(), model, history)?
+        .with_noise(<rand_chacha::ChaCha20Rng as rand_core::SeedableRng>::from_seed(seed));
+    zeroize::Zeroize::zeroize(&mut seed);
+    let published = watch::channel((events.len(), false)).0;
+    Ok(JobEntry { run, spec, layout, submitted: Instant::now(), events, published, payloads: Vec::new() })
+}
+
 /// The digest of one message's exact protobuf bytes, for the audit log.
 fn digest(direction: &str, site: &str, kind: &str, round: Option<u32>, bytes: &[u8]) -> fedcare_audit::PayloadDigest {
     fedcare_audit::PayloadDigest {
@@ -68,6 +107,9 @@ fn digest(direction: &str, site: &str, kind: &str, round: Option<u32>, bytes: &[
 
 struct State {
     sites: BTreeMap<SiteId, SiteConn>,
+    /// Sites whose connection was lost, with when (coordinator clock, ms) and their agent
+    /// version; cleared when the site comes back.
+    lost: BTreeMap<SiteId, (u64, String)>,
     jobs: BTreeMap<JobId, JobEntry>,
     next_conn: u64,
 }
@@ -88,13 +130,24 @@ pub struct Coordinator {
 
 impl Coordinator {
     /// A coordinator over `store`. Jobs the store still lists as running were cut short by a
-    /// previous coordinator's crash or shutdown: until jobs can be resumed, they are marked
-    /// failed, durably and with that reason, so nobody waits on them.
+    /// previous coordinator's crash or shutdown: each is resumed from its last recorded round
+    /// (same model bytes, no round run or counted twice) and offered again to the sites as they
+    /// reconnect. A job whose records cannot be read back is marked failed, durably and with
+    /// the reason, so nobody waits on it.
     pub fn new(store: Store) -> Result<Coordinator, fedcare_store::StoreError> {
+        let mut resumed = BTreeMap::new();
         for job in store.jobs()? {
             if job.status == JobStatus::Running {
-                let reason = "the coordinator stopped while this job was running; resuming jobs is not supported yet, \
-                              submit it again"
+                match resume(&store, &job) {
+                    Ok(entry) => {
+                        info!(job = %job.job_id, rounds_done = entry.run.rounds_done(), "resuming a job interrupted by a coordinator restart");
+                        resumed.insert(entry.run.id().clone(), entry);
+                        continue;
+                    }
+                    Err(why) => warn!(job = %job.job_id, reason = %why, "an interrupted job cannot be resumed"),
+                }
+                let reason = "the coordinator stopped while this job was running and its records could not be read back \
+                              to resume it (see the coordinator's log); submit it again"
                     .to_owned();
                 warn!(job = %job.job_id, "job was interrupted by a coordinator restart; marked failed");
                 store.set_status(&job.job_id, &JobStatus::Failed { reason: reason.clone() })?;
@@ -110,7 +163,7 @@ impl Coordinator {
             inner: Arc::new(Inner {
                 store,
                 started: Instant::now(),
-                state: Mutex::new(State { sites: BTreeMap::new(), jobs: BTreeMap::new(), next_conn: 1 }),
+                state: Mutex::new(State { sites: BTreeMap::new(), lost: BTreeMap::new(), jobs: resumed, next_conn: 1 }),
                 audit: Mutex::new(None),
             }),
         })
@@ -258,6 +311,7 @@ impl Coordinator {
         let mut st = self.lock();
         let conn = st.next_conn;
         st.next_conn += 1;
+        st.lost.remove(&site);
         if st.sites.insert(site.clone(), SiteConn { conn, tx, agent_version, identity: identity.clone() }).is_some() {
             // The old stream is gone; anything it owed is lost with it.
             warn!(site = %site, "site reconnected; its previous stream is closed");
@@ -278,7 +332,9 @@ impl Coordinator {
         let now = self.now_ms();
         let mut st = self.lock();
         if st.sites.get(site).is_some_and(|c| c.conn == conn) {
-            st.sites.remove(site);
+            if let Some(c) = st.sites.remove(site) {
+                st.lost.insert(site.clone(), (now, c.agent_version));
+            }
             info!(site = %site, "site disconnected");
             self.site_gone(&mut st, site, now);
         }
@@ -448,6 +504,7 @@ impl Coordinator {
     }
 
     pub fn sites(&self) -> Vec<pb::SiteInfo> {
+        let now = self.now_ms();
         let st = self.lock();
         st.sites
             .iter()
@@ -458,8 +515,15 @@ impl Coordinator {
                     .find(|(_, j)| !j.run.is_over() && j.run.participants().any(|p| p == id))
                     .map(|(jid, _)| jid.to_string())
                     .unwrap_or_default();
-                pb::SiteInfo { site_id: id.to_string(), agent_version: c.agent_version.clone(), job_id: job }
+                pb::SiteInfo { site_id: id.to_string(), agent_version: c.agent_version.clone(), job_id: job, connected: true, lost_ms_ago: 0 }
             })
+            .chain(st.lost.iter().map(|(id, (at, version))| pb::SiteInfo {
+                site_id: id.to_string(),
+                agent_version: version.clone(),
+                job_id: String::new(),
+                connected: false,
+                lost_ms_ago: now.saturating_sub(*at),
+            }))
             .collect()
     }
 

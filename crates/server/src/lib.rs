@@ -34,6 +34,11 @@ pub enum ServeError {
     Audit { path: std::path::PathBuf, message: String },
 }
 
+/// How often the coordinator pings each connection (HTTP/2 keepalive).
+pub const HEARTBEAT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a ping may go unanswered before the connection is dropped as lost.
+pub const HEARTBEAT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// How the coordinator's connections are secured.
 #[derive(Clone)]
 pub enum Security {
@@ -81,6 +86,12 @@ pub async fn serve_on(
         })
     };
     let router = tonic::transport::Server::builder()
+        // Heartbeat: HTTP/2 pings every 10 s; a site that does not answer within 20 s is
+        // dropped (its work stream closes, it leaves its round as a dropout, `sites` shows it
+        // as lost) instead of being waited for until a stage deadline.
+        .http2_keepalive_interval(Some(HEARTBEAT_INTERVAL))
+        .http2_keepalive_timeout(Some(HEARTBEAT_TIMEOUT))
+        .tcp_keepalive(Some(HEARTBEAT_INTERVAL))
         .add_service(health_service)
         .add_service(pb::site_service_server::SiteServiceServer::new(SiteApi(coordinator.clone(), auth)))
         .add_service(pb::admin_service_server::AdminServiceServer::new(AdminApi(coordinator, auth)));

@@ -275,7 +275,7 @@ async fn wait_for_sites(admin: &mut AdminClient, expected: usize) -> Result<(), 
     let waited = Duration::from_secs(30);
     let deadline = Instant::now() + waited;
     loop {
-        let connected = admin.sites().await?.len();
+        let connected = admin.sites().await?.iter().filter(|s| s.connected).count();
         if connected >= expected {
             return Ok(());
         }
