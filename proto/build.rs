@@ -3,6 +3,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto = "fedcare/v1/fedcare.proto";
     println!("cargo:rerun-if-changed={proto}");
     let fds = protox::compile([proto], ["."])?;
+    // The encoded descriptor set, for gRPC server reflection.
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(out.join("fedcare_descriptor.bin"), prost::Message::encode_to_vec(&fds))?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

@@ -57,3 +57,29 @@ async fn a_state_file_that_cannot_be_used_is_a_clear_error_before_serving() {
     // Nothing was written over it.
     assert_eq!(std::fs::read(&garbage).unwrap(), vec![0x5a; 4096]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_tools_work_health_answers_serving_and_reflection_lists_the_services() {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    let coordinator = TestCoordinator::start().await;
+    let channel = tonic::transport::Channel::from_shared(coordinator.url.clone()).unwrap().connect().await.unwrap();
+    // grpc.health.v1 (what Kubernetes probes and grpc_health_probe ask).
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    for service in ["", "fedcare.v1.SiteService", "fedcare.v1.AdminService"] {
+        let status = health.check(tonic_health::pb::HealthCheckRequest { service: service.into() }).await.unwrap().into_inner().status;
+        assert_eq!(status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32, "{service:?}");
+    }
+    // Server reflection (what `grpcurl list` asks).
+    let request = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
+    let mut responses = ServerReflectionClient::new(channel).server_reflection_info(futures::stream::iter([request])).await.unwrap().into_inner();
+    let response = responses.message().await.unwrap().expect("a reflection response");
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else { panic!("{response:?}") };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for expected in ["fedcare.v1.SiteService", "fedcare.v1.AdminService", "grpc.health.v1.Health"] {
+        assert!(names.iter().any(|n| n == expected), "{expected} missing from {names:?}");
+    }
+    coordinator.stop().await;
+}

@@ -6,6 +6,9 @@
 /// Wire protocol version carried in `JoinRequest`; bump on any incompatible change.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// The encoded `FileDescriptorSet` of `fedcare.v1`, served by gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/fedcare_descriptor.bin"));
+
 /// Generated messages, clients and servers of package `fedcare.v1`.
 pub mod v1 {
     tonic::include_proto!("fedcare.v1");

@@ -30,6 +30,8 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("mutual TLS: {0}")]
     Tls(#[from] fedcare_pki::PkiError),
+    #[error("gRPC reflection: {0}")]
+    Reflection(String),
     #[error("the coordinator's audit log {path}: {message}")]
     Audit { path: std::path::PathBuf, message: String },
 }
@@ -85,6 +87,13 @@ pub async fn serve_on(
             }
         })
     };
+    // Server reflection (v1) for the coordinator's services and health, so `grpcurl list`
+    // and `grpcurl describe` work without the .proto file.
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(fedcare_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
     let router = tonic::transport::Server::builder()
         // Heartbeat: HTTP/2 pings every 10 s; a site that does not answer within 20 s is
         // dropped (its work stream closes, it leaves its round as a dropout, `sites` shows it
@@ -93,6 +102,7 @@ pub async fn serve_on(
         .http2_keepalive_timeout(Some(HEARTBEAT_TIMEOUT))
         .tcp_keepalive(Some(HEARTBEAT_INTERVAL))
         .add_service(health_service)
+        .add_service(reflection)
         .add_service(pb::site_service_server::SiteServiceServer::new(SiteApi(coordinator.clone(), auth)))
         .add_service(pb::admin_service_server::AdminServiceServer::new(AdminApi(coordinator, auth)));
     let result = match security {
