@@ -24,9 +24,15 @@ pub fn cases(default: u32) -> u32 {
 }
 
 /// A proptest configuration with `cases(default)` cases and shrinking bounded in time, so a
-/// failure in CI reports within a minute.
+/// failure in CI reports within a minute. Failing cases are saved beside the harness
+/// (`<harness>.proptest-regressions`) and replayed first on the next run.
 pub fn config(default: u32) -> ProptestConfig {
-    ProptestConfig { cases: cases(default), max_shrink_time: 30_000, ..ProptestConfig::default() }
+    ProptestConfig {
+        cases: cases(default),
+        max_shrink_time: 30_000,
+        failure_persistence: Some(Box::new(proptest::test_runner::FileFailurePersistence::WithSource("proptest-regressions"))),
+        ..ProptestConfig::default()
+    }
 }
 
 /// `tests/fuzz/corpus/<target>` from a crate's manifest directory (`root` is the path from
@@ -39,8 +45,18 @@ pub fn corpus_dir(fuzz_root: &Path, target: &str) -> PathBuf {
 /// with `.` or ends in `.md` are skipped. An absent or empty corpus is an error: a harness that
 /// silently ran no corpus would prove nothing.
 pub fn corpus(fuzz_root: &Path, target: &str) -> Vec<(String, Vec<u8>)> {
-    let dir = corpus_dir(fuzz_root, target);
-    let mut out: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
+    files(&corpus_dir(fuzz_root, target))
+}
+
+/// The minimal inputs of known, unfixed bugs (`tests/fuzz/known-bugs/<target>`): run only by
+/// each harness's ignored `known_bugs` test. Once a bug is fixed, move its file to the corpus.
+pub fn known_bugs(fuzz_root: &Path, target: &str) -> Vec<(String, Vec<u8>)> {
+    files(&fuzz_root.join("known-bugs").join(target))
+}
+
+/// Every file of a directory (see [`corpus`]).
+pub fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("corpus {}: {e}", dir.display()))
         .map(|e| e.unwrap_or_else(|e| panic!("corpus {}: {e}", dir.display())).path())
         .filter(|p| p.is_file())
@@ -54,7 +70,7 @@ pub fn corpus(fuzz_root: &Path, target: &str) -> Vec<(String, Vec<u8>)> {
         })
         .collect();
     out.sort();
-    assert!(!out.is_empty(), "corpus {} has no files", dir.display());
+    assert!(!out.is_empty(), "{} has no files", dir.display());
     out
 }
 
@@ -137,6 +153,27 @@ pub fn mutations(max: usize) -> impl Strategy<Value = Vec<Mutation>> {
     prop::collection::vec(mutation(), 1..=max)
 }
 
+/// A mutation that mostly keeps a TOML or JSON document parseable: a value replaced, a line
+/// deleted, repeated or swapped, a token inserted.
+pub fn structured_mutation() -> impl Strategy<Value = Mutation> {
+    prop_oneof![
+        8 => (any::<Index>(), any::<Index>()).prop_map(|(i, v)| Mutation::ReplaceValue(i, v)),
+        1 => any::<Index>().prop_map(Mutation::DeleteLine),
+        1 => any::<Index>().prop_map(Mutation::DuplicateLine),
+        1 => (any::<Index>(), any::<Index>()).prop_map(|(a, b)| Mutation::SwapLines(a, b)),
+        1 => (any::<Index>(), any::<Index>()).prop_map(|(i, t)| Mutation::InsertToken(i, t)),
+    ]
+}
+
+/// Mutations for text formats: three in four cases only structured ones (so most inputs get
+/// past the syntax to the validation), otherwise any.
+pub fn text_mutations(max: usize) -> impl Strategy<Value = Vec<Mutation>> {
+    prop_oneof![
+        3 => prop::collection::vec(structured_mutation(), 1..=max),
+        1 => prop::collection::vec(mutation(), 1..=max),
+    ]
+}
+
 /// Byte ranges of lines, each without its `\n`.
 fn lines(input: &[u8]) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
@@ -154,48 +191,75 @@ fn lines(input: &[u8]) -> Vec<(usize, usize)> {
 }
 
 /// Where the value of each `key = value` (TOML) or `"key": value` (JSON) pair starts and ends:
-/// after the `=` or `:`, up to the end of the line (TOML) or the next `,` or `}` (JSON).
+/// from after the `=` or `:` to the first `,`, `}`, `]`, `#` or line end outside strings and
+/// brackets (so a whole multi-line array is one value). `=` on comment lines is skipped.
 fn value_spans(input: &[u8]) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
+    let mut line_start = 0;
     for (i, b) in input.iter().enumerate() {
-        match b {
-            b'=' => {
-                let end = input[i..].iter().position(|c| *c == b'\n').map_or(input.len(), |n| i + n);
-                out.push((i + 1, end));
-            }
-            b':' if i > 0 && input[i - 1] == b'"' => {
-                let mut depth = 0i32;
-                let mut in_str = false;
-                let mut end = input.len();
-                let mut j = i + 1;
-                while j < input.len() {
-                    let c = input[j];
-                    if in_str {
-                        if c == b'\\' {
-                            j += 1;
-                        } else if c == b'"' {
-                            in_str = false;
-                        }
-                    } else {
-                        match c {
-                            b'"' => in_str = true,
-                            b'{' | b'[' => depth += 1,
-                            b'}' | b']' if depth > 0 => depth -= 1,
-                            b',' | b'}' | b']' | b'\n' if depth == 0 => {
-                                end = j;
-                                break;
-                            }
-                            _ => {}
-                        }
-                    }
-                    j += 1;
-                }
-                out.push((i + 1, end));
-            }
-            _ => {}
+        if *b == b'\n' {
+            line_start = i + 1;
+            continue;
         }
+        let is_pair = match b {
+            b'=' => input[line_start..i].iter().find(|c| !c.is_ascii_whitespace()) != Some(&b'#'),
+            b':' => i > 0 && input[i - 1] == b'"',
+            _ => false,
+        };
+        if !is_pair {
+            continue;
+        }
+        let mut depth = 0i32;
+        let mut quote: Option<u8> = None;
+        let mut end = input.len();
+        let mut j = i + 1;
+        while j < input.len() {
+            let c = input[j];
+            if let Some(q) = quote {
+                if c == b'\\' && q == b'"' {
+                    j += 1;
+                } else if c == q || c == b'\n' {
+                    quote = None;
+                }
+            } else {
+                match c {
+                    b'"' | b'\'' => quote = Some(c),
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' if depth > 0 => depth -= 1,
+                    b',' | b'}' | b']' | b'\n' | b'#' if depth == 0 => {
+                        end = j;
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            j += 1;
+        }
+        out.push((i + 1, end));
     }
     out
+}
+
+/// Values of the same kind as `old` (a number, a string, a boolean, an array, a table).
+fn same_kind(old: &[u8]) -> &'static [&'static str] {
+    let first = old.iter().find(|c| !c.is_ascii_whitespace()).copied().unwrap_or(b' ');
+    match first {
+        b'0'..=b'9' | b'-' | b'+' | b'.' | b'n' | b'i' => &[
+            "0", "-0", "1", "-1", "2", "3", "64", "65", "1000", "65535", "100000", "2147483648", "4294967295",
+            "4294967296", "9223372036854775807", "18446744073709551615", "1e19", "0.0", "-0.0", "0.5", "1.0",
+            "0.999999", "1e-5", "1e-320", "5e-324", "1e308", "-1e308", "1e309", "nan", "inf", "-inf", "1.5",
+        ],
+        b'"' | b'\'' => &[
+            "\"\"", "\" \"", "\"x\"", "\"\\u0000\"", "\"\\n\"", "\"x\\nPolicy: passes\"", "\"\u{e9}\"", "\"\u{202e}x\"",
+            "\"../../etc/passwd\"", "\"http://\"", "\"https://x\"", "\"none\"", "\"record\"", "\"site\"", "\"central\"",
+            "\"mlp\"", "\"manual\"", "\"fail\"", "\"numeric\"", "\"categorical\"", "\"age\"", "\"disease\"", "\"?\"",
+            "\",\"", "\";\"", "\"\\t\"", "\"\"\"\"\"\"",
+        ],
+        b't' | b'f' => &["true", "false", "0", "\"true\""],
+        b'[' => &["[]", "[[]]", "[0]", "[1, 2]", "[2, 1]", "[0, 0]", "[-1e308, 1e308]", "[nan, 1]", "[\"\"]", "[\"a\", \"a\"]", "[{}]", "[1, \"a\"]"],
+        b'{' => &["{}", "{ a = 1 }", "{\"a\": 1}", "{ greater_than = nan }", "{ equals = 1 }"],
+        _ => &["0"],
+    }
 }
 
 /// Applies one mutation (positions are taken modulo the current length, so every mutation
@@ -249,9 +313,13 @@ pub fn apply(input: &mut Vec<u8>, m: &Mutation) {
             let spans = value_spans(input);
             if !spans.is_empty() {
                 let (s, e) = *i.get(&spans);
-                let mut token = b" ".to_vec();
-                token.extend_from_slice(v.get(values).as_bytes());
-                input.splice(s..e, token);
+                // Four times in five a value of the same kind, so the document still parses
+                // and the value reaches validation; otherwise anything.
+                let kind = same_kind(&input[s..e]);
+                let token: &str = if v.index(5) < 4 { v.get::<&str>(kind) } else { v.get::<String>(values).as_str() };
+                let mut bytes = b" ".to_vec();
+                bytes.extend_from_slice(token.as_bytes());
+                input.splice(s..e, bytes);
             }
         }
         Mutation::DeleteLine(i) => {

@@ -141,6 +141,12 @@ impl Default for SecureAggregationSpec {
     }
 }
 
+/// Most rounds a job may ask for. Bounds the work of planning its privacy (linear in rounds)
+/// on the coordinator and on every site that receives the offer.
+pub const MAX_ROUNDS: u32 = 10_000;
+/// Most sites a job may require (a cross-silo federation is 2 to a few hundred).
+pub const MAX_SITES: u32 = 10_000;
+
 /// A federated job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -192,11 +198,11 @@ impl JobSpec {
         if self.name.trim().is_empty() {
             return Err(bad("name", "must not be empty".into()));
         }
-        if self.rounds == 0 {
-            return Err(bad("rounds", "must be at least 1".into()));
+        if !(1..=MAX_ROUNDS).contains(&self.rounds) {
+            return Err(bad("rounds", format!("must be between 1 and {MAX_ROUNDS}, got {}", self.rounds)));
         }
-        if self.min_sites == 0 {
-            return Err(bad("min_sites", "must be at least 1".into()));
+        if !(1..=MAX_SITES).contains(&self.min_sites) {
+            return Err(bad("min_sites", format!("must be between 1 and {MAX_SITES}, got {}", self.min_sites)));
         }
         if let Some(m) = self.min_sites_per_round
             && (m == 0 || m > self.min_sites) {

@@ -224,8 +224,8 @@ pub fn discrete_gaussian_sum_rdp(
     if !(sigma.is_finite() && sigma >= 0.5) {
         return bad("sigma", sigma, "must be finite and >= 1/2");
     }
-    if n == 0 {
-        return bad("n", 0.0, "must be >= 1");
+    if n == 0 || n > 1_000_000 {
+        return bad("n", n as f64, "must be between 1 and 10^6 (the tau series sums n - 1 terms)");
     }
     if dim == 0 {
         return bad("dim", 0.0, "must be >= 1");

@@ -599,6 +599,11 @@ impl JobRun {
 
     /// The new global model is known: record the round's training and have it evaluated.
     fn start_eval(&mut self, round: u32, model: Vec<f32>, sites: Vec<SiteId>, train_loss: f64, started_ms: u64, now_ms: u64) {
+        // Each update was finite, but their weighted sum may not be (values near f32::MAX):
+        // never hand the sites a model they would refuse.
+        if let Some(i) = model.iter().position(|v| !v.is_finite()) {
+            return self.fail(format!("round {round}: the new global model is not finite at parameter {i} (an update was too large)"));
+        }
         self.model = Arc::new(model);
         let train_loss = (self.spec.privacy.unit == fedcare_job::PrivacyUnit::None).then_some(train_loss);
         let record = RoundRecord { round, sites, train_loss, eval: EvalCounts::zero(), started_ms, finished_ms: now_ms };

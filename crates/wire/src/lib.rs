@@ -25,6 +25,15 @@ pub const MAX_SECAGG_ITEMS: usize = 10_000;
 /// message limit. Larger models need chunked transfer (a later issue).
 pub const MAX_MODEL_VALUES: usize = 1_000_000;
 
+/// Largest example count a site may declare (a trillion records): far above any hospital,
+/// and small enough that the coordinator's sums over up to `MAX_SECAGG_ITEMS` sites cannot
+/// overflow.
+pub const MAX_EXAMPLES: u64 = 1_000_000_000_000;
+
+fn count(field: &'static str, n: u64) -> Result<u64, WireError> {
+    if n > MAX_EXAMPLES { Err(invalid(field, format!("{n} exceeds the limit of {MAX_EXAMPLES}"))) } else { Ok(n) }
+}
+
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum WireError {
     #[error("field `{field}` is missing")]
@@ -216,20 +225,31 @@ pub fn reply_from_wire(r: pb::SiteReply) -> Result<Reply, WireError> {
     let job = job_id(&r.job_id)?;
     let kind = match r.kind.ok_or(WireError::Missing { field: "kind" })? {
         Kind::Decision(d) => ReplyKind::Decision { accept: d.accept, reason: d.reason },
-        Kind::Stats(s) => ReplyKind::Stats(FeatureSums { count: s.count, sum: s.sum, sum_sq: s.sum_sq }),
+        Kind::Stats(s) => {
+            for &n in &s.count {
+                count("stats.count", n)?;
+            }
+            ReplyKind::Stats(FeatureSums { count: s.count, sum: s.sum, sum_sq: s.sum_sq })
+        }
         Kind::Update(u) => {
             if u.delta.len() > MAX_MODEL_VALUES {
                 return Err(invalid("update.delta", format!("{} values exceed the limit", u.delta.len())));
             }
-            ReplyKind::Update(ModelUpdate { round: u.round, num_examples: u.num_examples, delta: u.delta, train_loss: u.train_loss })
+            ReplyKind::Update(ModelUpdate { round: u.round, num_examples: count("update.num_examples", u.num_examples)?, delta: u.delta, train_loss: u.train_loss })
         }
         Kind::Evaluation(e) => ReplyKind::Evaluation(EvalReport {
             round: e.round,
-            counts: EvalCounts { n: e.num_examples, loss_sum: e.loss_sum, correct: e.correct, pos_hist: e.pos_hist, neg_hist: e.neg_hist },
+            counts: EvalCounts {
+                n: count("evaluation.num_examples", e.num_examples)?,
+                loss_sum: e.loss_sum,
+                correct: count("evaluation.correct", e.correct)?,
+                pos_hist: e.pos_hist.into_iter().map(|n| count("evaluation.pos_hist", n)).collect::<Result<_, _>>()?,
+                neg_hist: e.neg_hist.into_iter().map(|n| count("evaluation.neg_hist", n)).collect::<Result<_, _>>()?,
+            },
             auc: e.auc,
         }),
         Kind::Failed(f) => ReplyKind::Failed { reason: f.reason },
-        Kind::Keys(k) => ReplyKind::Keys { round: k.round, keys: k.keys, num_examples: k.num_examples },
+        Kind::Keys(k) => ReplyKind::Keys { round: k.round, keys: k.keys, num_examples: count("keys.num_examples", k.num_examples)? },
         Kind::Shares(s) => ReplyKind::Shares { round: s.round, shares: items(s.shares, "shares.shares")? },
         Kind::Masked(m) => ReplyKind::Masked { round: m.round, masked: m.masked },
         Kind::Unmask(u) => ReplyKind::Unmasked { round: u.round, response: u.response },

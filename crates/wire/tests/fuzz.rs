@@ -158,7 +158,7 @@ fn standardization() -> impl Strategy<Value = pb::Standardization> {
 
 /// A setup that `RoundSetup::validate` accepts: 2 to 6 sites in key order, complete or
 /// regular graph, a threshold above half the degree.
-fn setup() -> impl Strategy<Value = pb::SecAggSetup> {
+fn valid_setup() -> impl Strategy<Value = pb::SecAggSetup> {
     (2usize..7, any::<[u8; 32]>(), 1u32..=64, 1u64..200, any::<u64>(), any::<bool>(), any::<Index>(), any::<Index>())
         .prop_flat_map(|(n, round_id, bits, dim, total, regular, k_pick, t_pick)| {
             let keys = prop::collection::btree_set(any::<[u8; 32]>(), n..=n);
@@ -194,7 +194,7 @@ fn task_kind() -> impl Strategy<Value = pb::task::Kind> {
     prop_oneof![
         "[ -~\n]{0,200}".prop_map(|spec_toml| Kind::Offer(pb::JobOffer { spec_toml })),
         Just(Kind::Stats(pb::StatsTask {})),
-        (any::<u32>(), model(), standardization(), prop::option::of(setup()))
+        (any::<u32>(), model(), standardization(), prop::option::of(valid_setup()))
             .prop_map(|(round, m, s, secagg)| Kind::Train(pb::TrainTask { round, model: Some(m), standardization: Some(s), secagg })),
         (any::<u32>(), model(), standardization())
             .prop_map(|(round, m, s)| Kind::Eval(pb::EvalTask { round, model: Some(m), standardization: Some(s) })),
@@ -216,14 +216,16 @@ fn any_f64() -> impl Strategy<Value = f64> {
 
 fn reply_kind() -> impl Strategy<Value = pb::site_reply::Kind> {
     use pb::site_reply::Kind;
-    let hist = || prop::collection::vec(any::<u64>(), 0..110);
+    // Counts within the wire's limit; larger ones are the `Numbers` mutation's business.
+    let n = || 0..=fedcare_wire::MAX_EXAMPLES;
+    let hist = move || prop::collection::vec(n(), 0..110);
     prop_oneof![
         (any::<bool>(), "[ -~]{0,40}").prop_map(|(accept, reason)| Kind::Decision(pb::JobDecision { accept, reason })),
-        (prop::collection::vec(any::<u64>(), 0..20), prop::collection::vec(any_f64(), 0..20), prop::collection::vec(any_f64(), 0..20))
+        (prop::collection::vec(n(), 0..20), prop::collection::vec(any_f64(), 0..20), prop::collection::vec(any_f64(), 0..20))
             .prop_map(|(count, sum, sum_sq)| Kind::Stats(pb::FeatureSums { count, sum, sum_sq })),
-        (any::<u32>(), any::<u64>(), prop::collection::vec(any::<f32>(), 0..40), any_f64())
+        (any::<u32>(), n(), prop::collection::vec(any::<f32>(), 0..40), any_f64())
             .prop_map(|(round, num_examples, delta, train_loss)| Kind::Update(pb::ModelUpdate { round, num_examples, delta, train_loss })),
-        (any::<u32>(), any::<u64>(), any_f64(), any::<u64>(), prop::option::of(any_f64()), hist(), hist()).prop_map(
+        (any::<u32>(), n(), any_f64(), n(), prop::option::of(any_f64()), hist(), hist()).prop_map(
             |(round, num_examples, loss_sum, correct, auc, pos_hist, neg_hist)| Kind::Evaluation(pb::Evaluation {
                 round,
                 num_examples,
@@ -235,7 +237,7 @@ fn reply_kind() -> impl Strategy<Value = pb::site_reply::Kind> {
             })
         ),
         "[ -~]{0,40}".prop_map(|reason| Kind::Failed(pb::TaskFailed { reason })),
-        (any::<u32>(), prop::collection::vec(any::<u8>(), 0..200), any::<u64>())
+        (any::<u32>(), prop::collection::vec(any::<u8>(), 0..200), n())
             .prop_map(|(round, keys, num_examples)| Kind::Keys(pb::SecAggKeys { round, keys, num_examples })),
         (any::<u32>(), items(8)).prop_map(|(round, shares)| Kind::Shares(pb::SecAggShares { round, shares })),
         (any::<u32>(), prop::collection::vec(any::<u8>(), 0..200)).prop_map(|(round, masked)| Kind::Masked(pb::SecAggMasked { round, masked })),
@@ -365,24 +367,28 @@ fn task_mutation() -> impl Strategy<Value = TaskMutation> {
     ]
 }
 
+type ModelAndStd<'a> = (&'a mut Option<pb::Model>, &'a mut Option<pb::Standardization>);
+
+fn model_std(t: &mut pb::Task) -> Option<ModelAndStd<'_>> {
+    match t.kind.as_mut()? {
+        pb::task::Kind::Train(tr) => Some((&mut tr.model, &mut tr.standardization)),
+        pb::task::Kind::Eval(ev) => Some((&mut ev.model, &mut ev.standardization)),
+        _ => None,
+    }
+}
+
+fn setup(t: &mut pb::Task) -> Option<&mut pb::SecAggSetup> {
+    match t.kind.as_mut()? {
+        pb::task::Kind::Train(tr) => tr.secagg.as_mut(),
+        _ => None,
+    }
+}
+
 /// Applies a mutation; returns what the conversion must do (`Converts` if the mutation does
 /// not apply to this task's kind and it stays valid).
 fn mutate_task(t: &mut pb::Task, m: &TaskMutation) -> Expect {
     use pb::task::Kind;
     use TaskMutation::*;
-    let model_std = |t: &mut pb::Task| -> Option<(&mut Option<pb::Model>, &mut Option<pb::Standardization>)> {
-        match t.kind.as_mut()? {
-            Kind::Train(tr) => Some((&mut tr.model, &mut tr.standardization)),
-            Kind::Eval(ev) => Some((&mut ev.model, &mut ev.standardization)),
-            _ => None,
-        }
-    };
-    let setup = |t: &mut pb::Task| -> Option<&mut pb::SecAggSetup> {
-        match t.kind.as_mut()? {
-            Kind::Train(tr) => tr.secagg.as_mut(),
-            _ => None,
-        }
-    };
     match m {
         JobId(id) => {
             t.job_id = id.clone();
@@ -531,6 +537,9 @@ fn mutate_task(t: &mut pb::Task, m: &TaskMutation) -> Expect {
             if *n <= 1024 { Expect::Converts } else { Expect::Refused }
         }),
         DropSites(keep) => setup(t).map_or(Expect::Converts, |s| {
+            if *keep >= s.sites.len() {
+                return Expect::Converts;
+            }
             s.sites.truncate(*keep);
             Expect::Refused
         }),
@@ -619,25 +628,33 @@ fn mutate_reply(r: &mut pb::SiteReply, m: &ReplyMutation) -> Expect {
             _ => Expect::Converts,
         },
         Numbers(n, f) => {
-            match r.kind.as_mut() {
+            // Counts over the wire's limit (a trillion) are refused; any float passes.
+            let over = |x: u64| x > fedcare_wire::MAX_EXAMPLES;
+            let refused = match r.kind.as_mut() {
                 Some(Kind::Update(u)) => {
                     u.num_examples = *n;
                     u.train_loss = *f;
+                    over(*n)
                 }
                 Some(Kind::Evaluation(e)) => {
                     e.num_examples = *n;
                     e.correct = n.wrapping_add(1);
                     e.loss_sum = *f;
                     e.auc = Some(*f);
+                    over(*n) || over(n.wrapping_add(1))
                 }
-                Some(Kind::Keys(k)) => k.num_examples = *n,
+                Some(Kind::Keys(k)) => {
+                    k.num_examples = *n;
+                    over(*n)
+                }
                 Some(Kind::Stats(s)) => {
                     s.count.iter_mut().for_each(|c| *c = *n);
                     s.sum.iter_mut().for_each(|v| *v = *f);
+                    !s.count.is_empty() && over(*n)
                 }
-                _ => {}
-            }
-            Expect::Converts
+                _ => false,
+            };
+            if refused { Expect::Refused } else { Expect::Converts }
         }
     }
 }
@@ -653,7 +670,7 @@ fn assert_expected<T: std::fmt::Debug>(expect: Expect, result: &Result<(), WireE
 // ----- the harness -----
 
 proptest! {
-    #![proptest_config(support::config(1500))]
+    #![proptest_config(support::config(5000))]
 
     /// Raw bytes: mostly undecodable, which is fine; what decodes converts or is refused.
     #[test]
@@ -678,8 +695,7 @@ proptest! {
     /// Byte-level mutations of the corpus files.
     #[test]
     fn mutated_corpus_never_panics(pick in any::<Index>(), ms in support::mutations(6)) {
-        let corpus = corpus();
-        let (_, bytes) = pick.get(&corpus);
+        let (_, bytes) = pick.get(corpus());
         check_bytes(&support::mutated(bytes, &ms));
     }
 
@@ -715,19 +731,29 @@ proptest! {
     }
 }
 
-fn corpus() -> Vec<(String, Vec<u8>)> {
-    support::corpus(&fuzz_root(), "wire")
+fn corpus() -> &'static [(String, Vec<u8>)] {
+    static CORPUS: std::sync::OnceLock<Vec<(String, Vec<u8>)>> = std::sync::OnceLock::new();
+    CORPUS.get_or_init(|| support::corpus(&fuzz_root(), "wire"))
 }
 
 /// Every corpus file as a regression case: decoded as each message type, converted, checked.
+/// A file named `bad-task-...` must not convert as a task, `bad-reply-...` not as a reply,
+/// any other `bad-...` as neither.
 #[test]
 fn corpus_regressions() {
-    let corpus = corpus();
     let mut decoded = 0;
-    for (name, bytes) in &corpus {
+    for (name, bytes) in corpus() {
         eprintln!("wire corpus: {name}");
         check_bytes(bytes);
         decoded += usize::from(pb::Task::decode(bytes.as_slice()).is_ok());
+        let as_task = pb::Task::decode(bytes.as_slice()).ok().map(|t| task_from_wire(t).is_ok()) == Some(true);
+        let as_reply = pb::SiteReply::decode(bytes.as_slice()).ok().map(|r| reply_from_wire(r).is_ok()) == Some(true);
+        match name.trim_start_matches("seed-") {
+            n if n.starts_with("bad-task-") => assert!(!as_task, "{name} converts as a task"),
+            n if n.starts_with("bad-reply-") => assert!(!as_reply, "{name} converts as a reply"),
+            n if n.starts_with("bad-") => assert!(!as_task && !as_reply, "{name} converts"),
+            _ => {}
+        }
     }
     assert!(decoded > 0, "no corpus file decodes as a task");
 }
