@@ -593,7 +593,7 @@ fn ddg_input(
 ) -> Result<Vec<u64>, String> {
     let budget = budget.ok_or("no privacy ledger")?;
     let len = delta.len();
-    let enc = fedcare_protocol::secure::ddg_encoder(spec, setup.n(), len, &setup.round_id)?;
+    let enc = fedcare_protocol::secure::ddg_encoder(spec, plan, setup.n(), len, &setup.round_id)?;
     if let Some(bytes) = budget.earlier_release(job, Some(round), "train")? {
         let v = private::u64s_from(&bytes)?;
         if v.len() != enc.encoded_len() {

@@ -162,11 +162,15 @@ pub struct JobRun {
     actions: VecDeque<Action>,
     /// Central mechanism's noise source (see [`JobRun::with_noise`]).
     noise: Option<rand_chacha::ChaCha20Rng>,
+    /// The job's privacy plan, calibrated once here rather than every round (`None`: no
+    /// differential privacy, or a plan that cannot be computed, which a validated spec rules out).
+    plan: Option<Arc<fedcare_job::PrivacyPlan>>,
 }
 
 impl JobRun {
     /// Starts recruiting for `spec`, whose global model begins as `initial_model`.
     pub fn new(spec: Arc<JobSpec>, spec_toml: Arc<str>, layout_digest: String, initial_model: Vec<f32>) -> JobRun {
+        let plan = spec.privacy_plan().ok().flatten().map(Arc::new);
         JobRun {
             job: spec.id(),
             spec,
@@ -185,6 +189,7 @@ impl JobRun {
             history: Vec::new(),
             actions: VecDeque::new(),
             noise: None,
+            plan,
         }
     }
 
@@ -238,7 +243,7 @@ impl JobRun {
         if !secure::central_dp(&self.spec) {
             return Ok(());
         }
-        let plan = self.spec.privacy_plan().map_err(|e| e.to_string())?.ok_or("no privacy plan")?;
+        let plan = self.plan.clone().ok_or("no privacy plan")?;
         let rng = self.noise.as_mut().ok_or("the central mechanism has no noise source; refusing to release an un-noised model")?;
         const LATTICE: f64 = 65536.0;
         let sigma_int = plan.noise_multiplier * LATTICE;
@@ -663,7 +668,7 @@ impl JobRun {
                     return self.fail(format!("round {round}: only {} sites' updates are in the sum, the job needs {quorum}", survivors.len()));
                 }
                 let len = self.model.len();
-                let decoded = match secure::decode_sum(&self.spec, sec.setup.setup.n(), len, &sec.setup.setup.round_id, &sum, survivors.len()) {
+                let decoded = match secure::decode_sum(&self.spec, self.plan.as_deref(), sec.setup.setup.n(), len, &sec.setup.setup.round_id, &sum, survivors.len()) {
                     Ok(d) => d,
                     Err(e) => return self.fail(format!("round {round}: the unmasked sum cannot be decoded: {e}")),
                 };

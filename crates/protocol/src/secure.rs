@@ -3,7 +3,7 @@
 //! the layout of the masked vector. A site recomputes all of it and refuses a setup that
 //! differs, so a coordinator cannot quietly lower the threshold or reuse another round's id.
 
-use fedcare_job::{JobId, JobSpec, PrivacyUnit, SiteMechanism};
+use fedcare_job::{JobId, JobSpec, PrivacyPlan, PrivacyUnit, SiteMechanism};
 use fedcare_privacy::DdgEncoder;
 use fedcare_secagg::{Params, Rounding, SecAggError, StochasticQuantizer, graph_seed};
 use sha2::{Digest, Sha256};
@@ -57,9 +57,9 @@ pub fn rotation_seed(round_id: &[u8; 32]) -> [u8; 32] {
 }
 
 /// The round's distributed discrete Gaussian encoder for `n` participants: the job's plan
-/// gives the noise multiplier; the guaranteed minimum of noise shares is the round quorum.
-pub fn ddg_encoder(spec: &JobSpec, n: usize, model_len: usize, round_id: &[u8; 32]) -> Result<DdgEncoder, String> {
-    let plan = spec.privacy_plan().map_err(|e| e.to_string())?.ok_or("the job has no privacy plan")?;
+/// (computed once per job by the caller: calibrating it is a bisection) gives the noise
+/// multiplier; the guaranteed minimum of noise shares is the round quorum.
+pub fn ddg_encoder(spec: &JobSpec, plan: &PrivacyPlan, n: usize, model_len: usize, round_id: &[u8; 32]) -> Result<DdgEncoder, String> {
     let cal = fedcare_job::privacy::ddg_calibration(
         plan.noise_multiplier,
         plan.clip_norm,
@@ -74,9 +74,18 @@ pub fn ddg_encoder(spec: &JobSpec, n: usize, model_len: usize, round_id: &[u8; 3
 
 /// Turns the unmasked sum of a round back into floats (length [`masked_dim`]): the sum of
 /// the sites' (weighted) vectors, noised under the distributed mechanism.
-pub fn decode_sum(spec: &JobSpec, n: usize, model_len: usize, round_id: &[u8; 32], sum: &[u64], count: usize) -> Result<Vec<f32>, String> {
+pub fn decode_sum(
+    spec: &JobSpec,
+    plan: Option<&PrivacyPlan>,
+    n: usize,
+    model_len: usize,
+    round_id: &[u8; 32],
+    sum: &[u64],
+    count: usize,
+) -> Result<Vec<f32>, String> {
     if distributed_dp(spec) {
-        ddg_encoder(spec, n, model_len, round_id)?.try_decode_sum(sum).map_err(|e| e.to_string())
+        let plan = plan.ok_or("the job has no privacy plan")?;
+        ddg_encoder(spec, plan, n, model_len, round_id)?.try_decode_sum(sum).map_err(|e| e.to_string())
     } else {
         use fedcare_secagg::Encoder;
         Ok(quantizer(spec, n).map_err(|e| e.to_string())?.decode_sum(sum, count))
