@@ -134,28 +134,7 @@ pub fn smallest_noise_multiplier_for(
     if !(target_epsilon.is_finite() && target_epsilon > 0.0) {
         return Err(PrivacyError::InvalidEpsilon(target_epsilon));
     }
-    let eps = |z: f64| -> Result<f64, PrivacyError> { Ok(epsilon_of(&charges_for(z)?, delta)?.0) };
-    let (mut lo, mut hi) = (0.0, 0.5);
-    loop {
-        let e = eps(hi)?;
-        if e <= target_epsilon {
-            break;
-        }
-        if hi >= crate::rdp::MAX_NOISE_MULTIPLIER {
-            return Err(PrivacyError::UnreachableTarget { target: target_epsilon, max_noise_multiplier: hi, achieved: e });
-        }
-        lo = hi;
-        hi *= 2.0;
-    }
-    while hi - lo > crate::rdp::CALIBRATION_TOLERANCE * hi {
-        let mid = 0.5 * (lo + hi);
-        if eps(mid)? <= target_epsilon {
-            hi = mid;
-        } else {
-            lo = mid;
-        }
-    }
-    Ok(hi)
+    crate::rdp::bisect_noise_multiplier(target_epsilon, 0.5, |z| Ok(epsilon_of(&charges_for(z)?, delta)?.0))
 }
 
 #[cfg(test)]

@@ -430,28 +430,35 @@ pub fn smallest_noise_multiplier(
     if steps == 0 {
         return Err(PrivacyError::ZeroSteps);
     }
-    let eps = |z: f64| epsilon_for(z, q, steps, delta);
+    bisect_noise_multiplier(target_epsilon, 1.0, |z| epsilon_for(z, q, steps, delta))
+}
+
+/// The smallest noise multiplier (to a relative [`CALIBRATION_TOLERANCE`], rounded up) whose
+/// `epsilon(z)` is at most `target_epsilon`, for an `epsilon` that decreases with `z`.
+/// Doubles from `start` to bracket the target, then bisects, always keeping an upper end that
+/// meets it and returning that end: the result is never optimistic.
+pub(crate) fn bisect_noise_multiplier(
+    target_epsilon: f64,
+    start: f64,
+    epsilon: impl Fn(f64) -> Result<f64, PrivacyError>,
+) -> Result<f64, PrivacyError> {
     // Bracket: lo fails (z = 0 gives infinite epsilon), hi meets the target.
     let mut lo = 0.0;
-    let mut hi = 1.0;
+    let mut hi = start;
     loop {
-        let e = eps(hi)?;
+        let e = epsilon(hi)?;
         if e <= target_epsilon {
             break;
         }
         if hi >= MAX_NOISE_MULTIPLIER {
-            return Err(PrivacyError::UnreachableTarget {
-                target: target_epsilon,
-                max_noise_multiplier: hi,
-                achieved: e,
-            });
+            return Err(PrivacyError::UnreachableTarget { target: target_epsilon, max_noise_multiplier: hi, achieved: e });
         }
         lo = hi;
         hi *= 2.0;
     }
     while hi - lo > CALIBRATION_TOLERANCE * hi {
         let mid = 0.5 * (lo + hi);
-        if eps(mid)? <= target_epsilon {
+        if epsilon(mid)? <= target_epsilon {
             hi = mid;
         } else {
             lo = mid;
