@@ -62,7 +62,7 @@ enum Command {
     /// Check or show an audit log (the coordinator's, or a site's).
     Audit {
         #[command(subcommand)]
-        command: AuditCommand,
+        command: fedcare_cli::AuditCommand,
     },
     /// The federation's certificate authority and enrolment (runs locally).
     Pki {
@@ -162,20 +162,6 @@ impl Remote {
     }
 }
 
-#[derive(Subcommand)]
-enum AuditCommand {
-    /// Check a log's hash chain; names the first changed, missing or reordered entry, and
-    /// prints the number of entries and the head hash.
-    Verify {
-        #[arg(long)]
-        log: PathBuf,
-    },
-    /// Print the entries of a verified log, one per line.
-    Show {
-        #[arg(long)]
-        log: PathBuf,
-    },
-}
 
 #[derive(Subcommand)]
 enum PkiCommand {
@@ -403,17 +389,7 @@ fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Audit { command: AuditCommand::Verify { log } } => {
-            let report = fedcare_audit::verify(&log).with_context(|| format!("audit log {} does not verify", log.display()))?;
-            println!("{}: {} entries, intact", log.display(), report.entries);
-            println!("head: {}", report.head.as_deref().unwrap_or("(empty log)"));
-        }
-        Command::Audit { command: AuditCommand::Show { log } } => {
-            let entries = fedcare_audit::read_verified(&log).with_context(|| format!("audit log {} does not verify", log.display()))?;
-            for e in entries {
-                println!("{:>6} {} {}", e.seq, e.time_unix_ms, serde_json::to_string(&e.event).unwrap_or_default());
-            }
-        }
+        Command::Audit { command } => fedcare_cli::run_audit(command)?,
         Command::Serve { listen, state, tls, insecure_plaintext: _, audit_log } => {
             fedcare_cli::init_logging(cli.global.log_format, "info");
             let security = match tls {

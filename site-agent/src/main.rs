@@ -51,7 +51,7 @@ enum Command {
     /// The site's audit log.
     Audit {
         #[command(subcommand)]
-        command: AuditCommand,
+        command: fedcare_cli::AuditCommand,
     },
     /// Show this site's privacy ledger: epsilon spent per job, per round and in total, and
     /// the site's caps. Reads the ledger only (safe while the agent runs).
@@ -142,21 +142,6 @@ enum JobsCommand {
     },
 }
 
-#[derive(Subcommand)]
-enum AuditCommand {
-    /// Check the hash chain of an audit log; names the first tampered, missing or reordered
-    /// entry. Prints the number of entries and the head hash (to record elsewhere).
-    Verify {
-        /// The audit log file ([site].audit_log in the site's config).
-        #[arg(long)]
-        log: PathBuf,
-    },
-    /// Print the entries of a verified audit log, one line each.
-    Show {
-        #[arg(long)]
-        log: PathBuf,
-    },
-}
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -179,17 +164,7 @@ async fn run(cli: Cli) -> Result<()> {
             let agent = Agent::new(cfg, base)?;
             agent.run(fedcare_cli::shutdown_signal()).await.context("site agent stopped")?;
         }
-        Command::Audit { command: AuditCommand::Verify { log } } => {
-            let report = fedcare_audit::verify(&log).with_context(|| format!("audit log {} does not verify", log.display()))?;
-            println!("{}: {} entries, intact", log.display(), report.entries);
-            println!("head: {}", report.head.as_deref().unwrap_or("(empty log)"));
-        }
-        Command::Audit { command: AuditCommand::Show { log } } => {
-            let entries = fedcare_audit::read_verified(&log).with_context(|| format!("audit log {} does not verify", log.display()))?;
-            for e in entries {
-                println!("{:>6} {} {}", e.seq, e.time_unix_ms, serde_json::to_string(&e.event).unwrap_or_default());
-            }
-        }
+        Command::Audit { command } => fedcare_cli::run_audit(command)?,
         Command::Ledger { config, file, output } => {
             let (path, caps) = match (file, config) {
                 (Some(file), _) => (file, None),

@@ -55,3 +55,39 @@ pub async fn shutdown_signal() {
         std::future::pending::<()>().await;
     }
 }
+
+/// `audit verify|show`: the same for the coordinator's log and a site's.
+#[derive(clap::Subcommand)]
+pub enum AuditCommand {
+    /// Check a log's hash chain; names the first changed, missing or reordered entry, and
+    /// prints the number of entries and the head hash (to record elsewhere).
+    Verify {
+        /// The audit log file.
+        #[arg(long)]
+        log: std::path::PathBuf,
+    },
+    /// Print the entries of a verified log, one per line.
+    Show {
+        #[arg(long)]
+        log: std::path::PathBuf,
+    },
+}
+
+/// Runs an [`AuditCommand`], printing to stdout.
+pub fn run_audit(command: AuditCommand) -> anyhow::Result<()> {
+    use anyhow::Context;
+    match command {
+        AuditCommand::Verify { log } => {
+            let report = fedcare_audit::verify(&log).with_context(|| format!("audit log {} does not verify", log.display()))?;
+            println!("{}: {} entries, intact", log.display(), report.entries);
+            println!("head: {}", report.head.as_deref().unwrap_or("(empty log)"));
+        }
+        AuditCommand::Show { log } => {
+            let entries = fedcare_audit::read_verified(&log).with_context(|| format!("audit log {} does not verify", log.display()))?;
+            for e in entries {
+                println!("{:>6} {} {}", e.seq, e.time_unix_ms, serde_json::to_string(&e.event).unwrap_or_default());
+            }
+        }
+    }
+    Ok(())
+}
