@@ -9,13 +9,9 @@ use fedcare_job::JobSpec;
 async fn heart_disease_example_reaches_the_accuracy_bar_and_matches_its_saved_model() {
     let out = tempfile::tempdir().unwrap();
     let opts = fedcare_sim::SimOptions {
-        example_dir: example_dir(),
-        rounds: None,
-        out_dir: out.path().to_owned(),
         pooled_reference: true,
-        secure_aggregation: None,
         privacy: fedcare_sim::PrivacyOverride::Off,
-        mtls: true,
+        ..fedcare_e2e::sim_options(out.path())
     };
     let mut lines = Vec::new();
     let result = fedcare_sim::run(&opts, |l| lines.push(l.text.clone())).await.expect("simulation runs");
@@ -109,13 +105,9 @@ async fn same_job_twice_gives_the_same_model() {
     for _ in 0..2 {
         let out = tempfile::tempdir().unwrap();
         let opts = fedcare_sim::SimOptions {
-            example_dir: example_dir(),
             rounds: Some(2),
-            out_dir: out.path().to_owned(),
-            pooled_reference: false,
-            secure_aggregation: None,
             privacy: fedcare_sim::PrivacyOverride::Off,
-            mtls: true,
+            ..fedcare_e2e::sim_options(out.path())
         };
         let result = fedcare_sim::run(&opts, |_| {}).await.expect("simulation runs");
         models.push(std::fs::read(&result.model_path).unwrap());

@@ -135,13 +135,8 @@ async fn a_site_agent_with_another_sites_certificate_stops_before_connecting() {
 async fn the_coordinators_audit_log_records_who_did_what_and_the_models_it_released() {
     let out = tempfile::tempdir().unwrap();
     let opts = fedcare_sim::SimOptions {
-        example_dir: fedcare_e2e::example_dir(),
         rounds: Some(2),
-        out_dir: out.path().to_owned(),
-        pooled_reference: false,
-        secure_aggregation: None,
-        privacy: fedcare_sim::PrivacyOverride::AsSpecified,
-        mtls: true,
+        ..fedcare_e2e::sim_options(out.path())
     };
     let result = fedcare_sim::run(&opts, |_| {}).await.expect("simulation runs");
     let log = out.path().join("audit/coordinator.audit.jsonl");

@@ -4,21 +4,13 @@
 //! mechanisms (distributed discrete Gaussian through secure aggregation; central, labelled
 //! weaker) running to the end.
 
-use fedcare_e2e::{TestCoordinator, example_dir, job, site_config};
+use fedcare_e2e::{TestCoordinator, job, site_config};
 use fedcare_privacy::{RdpAccountant, Unit};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn record_level_example_at_epsilon_8_reports_and_records_its_spend() {
     let out = tempfile::tempdir().unwrap();
-    let opts = fedcare_sim::SimOptions {
-        example_dir: example_dir(),
-        rounds: None,
-        out_dir: out.path().to_owned(),
-        pooled_reference: false,
-        secure_aggregation: None,
-        privacy: fedcare_sim::PrivacyOverride::AsSpecified,
-        mtls: true,
-    };
+    let opts = fedcare_e2e::sim_options(out.path());
     let result = fedcare_sim::run(&opts, |_| {}).await.expect("simulation runs");
     let report = &result.report;
     let spec = &report.spec;
@@ -182,13 +174,9 @@ async fn site_level_central_mode_runs_and_is_labelled_weaker() {
 async fn each_sites_audit_log_records_its_privacy_spend_before_sending() {
     let out = tempfile::tempdir().unwrap();
     let opts = fedcare_sim::SimOptions {
-        example_dir: example_dir(),
         rounds: Some(2),
-        out_dir: out.path().to_owned(),
-        pooled_reference: false,
-        secure_aggregation: None,
-        privacy: fedcare_sim::PrivacyOverride::AsSpecified,
         mtls: false,
+        ..fedcare_e2e::sim_options(out.path())
     };
     let result = fedcare_sim::run(&opts, |_| {}).await.expect("simulation runs");
     let entries = fedcare_audit::read_verified(out.path().join("audit/va.audit.jsonl")).unwrap();

@@ -207,13 +207,9 @@ async fn a_job_interrupted_by_a_coordinator_crash_resumes_and_ends_with_the_same
     let (job_text, spec) = fedcare_sim::job_text(&example_dir(), None, None, fedcare_sim::PrivacyOverride::Off).unwrap();
     let reference = tempfile::tempdir().unwrap();
     let opts = fedcare_sim::SimOptions {
-        example_dir: example_dir(),
-        rounds: None,
-        out_dir: reference.path().to_owned(),
-        pooled_reference: false,
-        secure_aggregation: None,
         privacy: fedcare_sim::PrivacyOverride::Off,
         mtls: false,
+        ..fedcare_e2e::sim_options(reference.path())
     };
     let uninterrupted = fedcare_sim::run(&opts, |_| {}).await.expect("reference run");
     assert_eq!(uninterrupted.report.job_id, spec.id().to_string());

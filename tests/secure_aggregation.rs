@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fedcare_data::Standardization;
-use fedcare_e2e::{SITES, Tap, TestCoordinator, contains, example_dir, job, site_config};
+use fedcare_e2e::{SITES, Tap, TestCoordinator, contains, job, site_config};
 use fedcare_job::JobSpec;
 use fedcare_proto::v1 as pb;
 use fedcare_secagg::Encoder;
@@ -14,13 +14,10 @@ use fedcare_secagg::Encoder;
 async fn simulate(secure: bool, rounds: u32) -> (fedcare_server::report::Report, Vec<f32>) {
     let out = tempfile::tempdir().unwrap();
     let opts = fedcare_sim::SimOptions {
-        example_dir: example_dir(),
         rounds: Some(rounds),
-        out_dir: out.path().to_owned(),
-        pooled_reference: false,
         secure_aggregation: Some(secure),
         privacy: fedcare_sim::PrivacyOverride::Off,
-        mtls: true,
+        ..fedcare_e2e::sim_options(out.path())
     };
     let result = fedcare_sim::run(&opts, |_| {}).await.expect("simulation runs");
     let spec = &result.report.spec;

@@ -188,3 +188,17 @@ impl Drop for Tap {
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
+
+/// Simulation options for the bundled example writing to `out`: the job as specified, mutual
+/// TLS on, no pooled reference; tests change only what they are about.
+pub fn sim_options(out: &Path) -> fedcare_sim::SimOptions {
+    fedcare_sim::SimOptions {
+        example_dir: example_dir(),
+        rounds: None,
+        out_dir: out.to_owned(),
+        pooled_reference: false,
+        secure_aggregation: None,
+        privacy: fedcare_sim::PrivacyOverride::AsSpecified,
+        mtls: true,
+    }
+}
