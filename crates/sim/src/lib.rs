@@ -163,7 +163,11 @@ pub async fn run(opts: &SimOptions, mut progress: impl FnMut(&Line)) -> Result<S
     let (spec_text, spec) = job_text(&opts.example_dir, opts.rounds, opts.secure_aggregation, opts.privacy)?;
     let sites = site_configs(&opts.example_dir)?;
     std::fs::create_dir_all(&opts.out_dir).map_err(|source| SimError::Write { path: opts.out_dir.clone(), source })?;
-    let state = opts.out_dir.join("coordinator.redb");
+    // Absolute: the site agents resolve their paths (audit log, ledger, TLS folder) against
+    // their own config's folder, so a relative output folder would land under `sites/`.
+    let out_dir = std::path::absolute(&opts.out_dir).map_err(|source| SimError::Write { path: opts.out_dir.clone(), source })?;
+    let out_dir = out_dir.as_path();
+    let state = out_dir.join("coordinator.redb");
     // A simulation starts from a clean slate each time.
     let _ = std::fs::remove_file(&state);
 
@@ -172,7 +176,7 @@ pub async fn run(opts: &SimOptions, mut progress: impl FnMut(&Line)) -> Result<S
         let _ = rx.wait_for(|s| *s).await;
     };
     // The federation's PKI, made fresh: a CA, then each party enrolled from its own folder.
-    let pki_dir = opts.out_dir.join("pki");
+    let pki_dir = out_dir.join("pki");
     let _ = std::fs::remove_dir_all(&pki_dir);
     let ca_dir = pki_dir.join("ca");
     let (security, lead) = if opts.mtls {
@@ -185,7 +189,7 @@ pub async fn run(opts: &SimOptions, mut progress: impl FnMut(&Line)) -> Result<S
     } else {
         (fedcare_server::Security::Plaintext, None)
     };
-    let audit_dir = opts.out_dir.join("audit");
+    let audit_dir = out_dir.join("audit");
     // A fresh simulation starts fresh audit logs.
     let _ = std::fs::remove_dir_all(&audit_dir);
     std::fs::create_dir_all(&audit_dir).map_err(|source| SimError::Write { path: audit_dir.clone(), source })?;
@@ -199,7 +203,7 @@ pub async fn run(opts: &SimOptions, mut progress: impl FnMut(&Line)) -> Result<S
     let mut agents = Vec::new();
     let mut site_data = Vec::new();
     let mut audit_logs = Vec::new();
-    let ledger_dir = opts.out_dir.join("ledger");
+    let ledger_dir = out_dir.join("ledger");
     // Fresh ledgers too: a simulation's sites have spent nothing before it.
     let _ = std::fs::remove_dir_all(&ledger_dir);
     let mut ledgers = Vec::new();
@@ -256,13 +260,13 @@ pub async fn run(opts: &SimOptions, mut progress: impl FnMut(&Line)) -> Result<S
         note(&mut progress, "training the pooled reference (central model on the union of the training splits)".into());
         report.pooled_reference = Some(pooled_reference(&spec, &site_data)?);
     }
-    let model_path = opts.out_dir.join("model.safetensors");
-    let report_path = opts.out_dir.join("report.json");
+    let model_path = out_dir.join("model.safetensors");
+    let report_path = out_dir.join("report.json");
     std::fs::write(&model_path, &model).map_err(|source| SimError::Write { path: model_path.clone(), source })?;
     let json = serde_json::to_string_pretty(&report).map_err(|e| SimError::Pooled(e.to_string()))?;
     std::fs::write(&report_path, json).map_err(|source| SimError::Write { path: report_path.clone(), source })?;
     let card = fedcare_server::card::ModelCard::from_report(&report)
-        .write(&opts.out_dir)
+        .write(out_dir)
         .map_err(|e| SimError::Write { path: e.path, source: e.source })?;
     Ok(SimResult { report, model_path, report_path, card, wall: started.elapsed() })
 }
