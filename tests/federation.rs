@@ -73,9 +73,30 @@ async fn heart_disease_example_reaches_the_accuracy_bar_and_matches_its_saved_mo
     for (c, r) in card.sites.iter().zip(&report.sites) {
         assert_eq!(c.site, r.site);
         assert_eq!(c.train_examples, r.train_examples, "{}", r.site);
-        assert_eq!(c.test.metrics(), r.test.as_ref(), "{}: every site has 10 or more test examples", r.site);
+        let (c, r) = (c.test.metrics().expect("every site has 10 or more test examples"), r.test.as_ref().expect("evaluated"));
+        assert_eq!((c.n, c.accuracy, c.auc, c.loss, c.brier), (r.n, r.accuracy, r.auc, r.loss, r.brier));
+        // Small cells are withheld: reliability bins under 10 patients, a confusion matrix
+        // with a cell from 1 to 9; what is shown is the report's.
+        let small = fedcare_server::card::MIN_REPORTED_N;
+        let kept: Vec<_> = r.calibration.iter().filter(|b| b.n >= small).cloned().collect();
+        assert_eq!(c.calibration, kept);
+        let has_small_cell = r.confusion.is_some_and(|m| [m.true_pos, m.false_pos, m.true_neg, m.false_neg].iter().any(|&x| x > 0 && x < small));
+        assert_eq!(c.confusion, if has_small_cell { None } else { r.confusion });
     }
     assert_eq!(card.audit_heads, report.site_audit_heads);
+
+    // The HTML report beside them: self-contained, with the federated figures and a figure
+    // per round-by-round metric.
+    assert_eq!(result.html.html, out.path().join("report.html"));
+    let html = std::fs::read_to_string(&result.html.html).expect("report.html written");
+    assert!(html.contains(&format!("{:.3}", fed.accuracy)) && html.contains(&report.job_id), "report.html lacks the federated accuracy");
+    assert!(!html.contains("<script") && !html.contains("src=\"http"), "report.html must be self-contained");
+    for name in ["accuracy-by-round", "loss-by-round", "auc-by-round", "sites-final"] {
+        let svg = std::fs::read_to_string(out.path().join("figures").join(format!("{name}.svg"))).expect("figure written");
+        // The page inlines the same drawing (with an accessible label added to its <svg> tag).
+        let body = &svg[svg.find('>').expect("an <svg> tag") + 1..];
+        assert!(svg.starts_with("<svg") && html.contains(body), "{name} is missing or not inlined in the page");
+    }
     let md = std::fs::read_to_string(&result.card.markdown).unwrap();
     for (site, _, test) in expected {
         assert!(md.contains(&format!("| {site} | {test} |")), "{site} missing from the card:\n{md}");

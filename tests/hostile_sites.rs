@@ -79,7 +79,7 @@ async fn rogue(url: String, other_job: String) -> RogueLog {
                 let hist = fedcare_models::metrics::HIST_BINS;
                 let mut pos_hist = vec![0; hist];
                 pos_hist[99] = 5;
-                let ev = pb::Evaluation { round: e.round, num_examples: 5, loss_sum: 0.5, correct: 5, auc: None, pos_hist, neg_hist: vec![0; hist] };
+                let ev = pb::Evaluation { round: e.round, num_examples: 5, loss_sum: 0.5, correct: 5, auc: None, pos_hist, neg_hist: vec![0; hist], true_pos: 5, ..Default::default() };
                 let _ = client.submit(reply(R::Evaluation(ev))).await;
             }
             T::End(_) => break,

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use fedcare_server::client::{AdminClient, ProgressPrinter, describe};
+use fedcare_cli::lead;
+use fedcare_cli::watch::{WatchMode, Watcher};
+use fedcare_server::client::{AdminClient, ProgressPrinter};
 
 #[derive(Parser)]
 #[command(name = "coordinator", version, about = "fedcare coordinator: orchestrates federated training across hospital sites.", long_about = "\
@@ -58,6 +60,23 @@ enum Command {
         /// audit verify`.
         #[arg(long)]
         audit_log: Option<PathBuf>,
+        /// Also serve Prometheus metrics (OpenMetrics text) on GET /metrics at this address,
+        /// over plain HTTP (no secrets or patient-derived figures are in it): rounds and their
+        /// durations, sites connected, jobs, bytes to and from sites, refusals by reason.
+        /// Example: --metrics-listen 0.0.0.0:9464
+        #[arg(long, env = "FEDCARE_METRICS_LISTEN")]
+        metrics_listen: Option<SocketAddr>,
+    },
+    /// Check that a coordinator answers the standard gRPC health check (grpc.health.v1) with
+    /// SERVING: exit status 0 if so, 1 otherwise. For container HEALTHCHECKs and Kubernetes
+    /// exec probes, which cannot present a client certificate themselves.
+    #[command(after_help = "Example (inside the coordinator's container, with its own TLS folder):\n  coordinator health --coordinator https://127.0.0.1:50051 --tls /etc/fedcare/tls")]
+    Health {
+        #[command(flatten)]
+        remote: Remote,
+        /// The service to check ("" for the server as a whole).
+        #[arg(long, default_value = "")]
+        service: String,
     },
     /// Check or show an audit log (the coordinator's, or a site's).
     Audit {
@@ -78,7 +97,8 @@ enum Command {
         /// Override the job's number of rounds.
         #[arg(long)]
         rounds: Option<u32>,
-        /// Output folder for model.safetensors, report.json, model-card.md/json, the audit logs, ledgers and PKI, and the coordinator's state file.
+        /// Output folder for model.safetensors, report.json, report.html (figures in figures/),
+        /// model-card.md/json, the audit logs, ledgers and PKI, and the coordinator's state file.
         #[arg(long, default_value = "out/heart-disease")]
         out: PathBuf,
         /// Skip the pooled (central) reference model.
@@ -106,28 +126,47 @@ enum Command {
         /// Follow the job until it ends, then print the results.
         #[arg(long)]
         watch: bool,
-        /// With --watch: write model.safetensors, report.json and model-card.md/json here when the job finishes.
+        /// With --watch: write model.safetensors, report.json, report.html (with figures/*.svg)
+        /// and model-card.md/json here when the job finishes.
         #[arg(long, requires = "watch")]
         out: Option<PathBuf>,
+        /// text, or json: the job id as {"job_id": ...}; with --watch one JSON object per event.
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
     },
-    /// Follow a job's progress (replays what happened so far).
+    /// Follow a job live until it ends (replays what happened so far): a bar for the rounds,
+    /// one for the current stage, one line per site; plain lines when not on a terminal.
+    #[command(after_help = "Examples:\n  coordinator watch 3f2a9c1b07de\n  coordinator watch 3f2a9c1b07de --output json | jq -c 'select(.event == \"round_done\")'")]
     Watch {
+        /// The job's id, or a unique prefix of it (at least 4 characters).
         job_id: String,
         #[command(flatten)]
         remote: Remote,
+        /// text, or json: one JSON object per event on stdout.
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
     },
-    /// List the sites connected to a coordinator.
+    /// List the sites known to a coordinator: connected (idle or in a job) or lost.
     Sites {
         #[command(flatten)]
         remote: Remote,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// A research lead's jobs: list them, show one's rounds and results, cancel one.
+    Jobs {
+        #[command(subcommand)]
+        command: JobsCommand,
     },
     /// Privacy planning for research leads (runs locally; contacts no coordinator).
     Privacy {
         #[command(subcommand)]
         command: PrivacyCommand,
     },
-    /// Download a finished job's model and report.
+    /// Download a finished job's model and report: model.safetensors, report.json, report.html
+    /// (self-contained, with figures/*.svg) and model-card.md/json.
     Fetch {
+        /// The job's id, or a unique prefix of it (at least 4 characters).
         job_id: String,
         #[command(flatten)]
         remote: Remote,
@@ -162,6 +201,45 @@ impl Remote {
     }
 }
 
+
+#[derive(Subcommand)]
+enum JobsCommand {
+    /// Every job the coordinator has recorded, newest first: state, rounds done, last
+    /// accuracy, and why a job failed or was cancelled.
+    #[command(visible_alias = "ls", after_help = "Examples:\n  coordinator jobs list\n  coordinator jobs list --output json | jq -r '.[] | select(.state == \"running\") | .job_id'")]
+    List {
+        #[command(flatten)]
+        remote: Remote,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// One job: its state, every completed round (loss, accuracy, AUC, duration) and, once it
+    /// has finished, each site's results (accuracy, AUC, Brier score, confusion counts) with a
+    /// warning for any site where the model does noticeably worse. Figures over fewer than 10
+    /// patients are suppressed.
+    #[command(visible_alias = "describe", after_help = "Example:\n  coordinator jobs show 3f2a9c1b07de")]
+    Show {
+        /// The job's id, or a unique prefix of it (at least 4 characters).
+        job_id: String,
+        #[command(flatten)]
+        remote: Remote,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Stop a running job. Its sites are told it ended (they spend no more privacy budget);
+    /// the rounds done so far stay recorded, and the cancellation is in the audit log with
+    /// your identity and reason.
+    #[command(visible_alias = "stop", after_help = "Example:\n  coordinator jobs cancel 3f2a9c1b07de --reason \"wrong feature list\"")]
+    Cancel {
+        /// The job's id, or a unique prefix of it (at least 4 characters).
+        job_id: String,
+        /// Why (recorded with your identity).
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
 
 #[derive(Subcommand)]
 enum PkiCommand {
@@ -261,7 +339,7 @@ enum PrivacyCommand {
     },
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Output {
     Text,
     Json,
@@ -368,13 +446,53 @@ fn write_outputs(out: &Path, model: &[u8], report: &fedcare_server::report::Repo
     let report_path = out.join("report.json");
     std::fs::write(&report_path, serde_json_pretty(report)?).with_context(|| format!("cannot write {}", report_path.display()))?;
     let card = fedcare_server::card::ModelCard::from_report(report).write(out)?;
+    let html = fedcare_report_html::write(report, out)?;
     println!(
-        "model:  {}\nreport: {}\ncard:   {} (and {})",
+        "model:  {}\nreport: {} (and {}, figures in {})\ncard:   {} (and {})",
         model_path.display(),
         report_path.display(),
+        html.html.display(),
+        out.join("figures").display(),
         card.markdown.display(),
         card.json.display()
     );
+    Ok(())
+}
+
+/// Follows a job until it ends, showing its events as `output` asks; returns its report.
+async fn follow(admin: &mut AdminClient, id: &str, rounds: u32, output: Output) -> Result<fedcare_server::report::Report> {
+    let mut watcher = Watcher::new(WatchMode::detect(output == Output::Json), rounds);
+    let report = admin.watch(id, |e| watcher.event(e)).await;
+    watcher.finish();
+    Ok(report?)
+}
+
+async fn jobs(command: JobsCommand) -> Result<()> {
+    match command {
+        JobsCommand::List { remote, output } => {
+            let jobs = remote.connect().await?.jobs().await?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&lead::jobs_json(&jobs))?),
+                Output::Text => print!("{}", lead::jobs_table(&jobs)),
+            }
+        }
+        JobsCommand::Show { job_id, remote, output } => {
+            let mut admin = remote.connect().await?;
+            let id = admin.resolve(&job_id).await?;
+            let job = admin.job(&id).await?;
+            let report = lead::report_of(&job).context("the job's report is not valid JSON")?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&lead::job_json(&job, report.as_ref()))?),
+                Output::Text => print!("{}", lead::job_text(&job, report.as_ref())),
+            }
+        }
+        JobsCommand::Cancel { job_id, reason, remote } => {
+            let mut admin = remote.connect().await?;
+            let id = admin.resolve(&job_id).await?;
+            let summary = admin.cancel(&id, &reason).await?;
+            println!("job {} {}: {} of {} rounds were done", &summary.job_id[..12.min(summary.job_id.len())], summary.state, summary.rounds_done, summary.rounds_total);
+        }
+    }
     Ok(())
 }
 
@@ -390,8 +508,8 @@ fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Audit { command } => fedcare_cli::run_audit(command)?,
-        Command::Serve { listen, state, tls, insecure_plaintext: _, audit_log } => {
-            fedcare_cli::init_logging(cli.global.log_format, "info");
+        Command::Serve { listen, state, tls, insecure_plaintext: _, audit_log, metrics_listen } => {
+            fedcare_cli::init_logging(&cli.global, "info");
             let security = match tls {
                 Some(dir) => {
                     let party = fedcare_pki::PartyFiles::load(&dir).with_context(|| format!("TLS folder {}", dir.display()))?;
@@ -401,11 +519,21 @@ async fn run(cli: Cli) -> Result<()> {
                 None => fedcare_server::Security::Plaintext,
             };
             let audit_log = audit_log.unwrap_or_else(|| state.with_file_name("coordinator.audit.jsonl"));
-            fedcare_server::serve(listen, &state, &audit_log, security, fedcare_cli::shutdown_signal()).await.context("coordinator stopped")?;
+            fedcare_server::serve(listen, &state, &audit_log, security, metrics_listen, fedcare_cli::shutdown_signal())
+                .await
+                .context("coordinator stopped")?;
+        }
+        Command::Health { remote, service } => {
+            fedcare_cli::init_logging(&cli.global, "error");
+            let mut admin = remote.connect().await?;
+            if !admin.health(&service).await.with_context(|| format!("health check of {}", remote.coordinator))? {
+                bail!("{} answers, but not SERVING", remote.coordinator);
+            }
+            println!("SERVING");
         }
         Command::Pki { command } => pki(command)?,
         Command::Simulate { example, rounds, out, no_pooled_reference, no_secure_aggregation, no_mtls, epsilon, no_privacy } => {
-            fedcare_cli::init_logging(cli.global.log_format, "warn");
+            fedcare_cli::init_logging(&cli.global, "warn");
             let opts = fedcare_sim::SimOptions {
                 example_dir: example_dir(&example),
                 rounds,
@@ -426,65 +554,69 @@ async fn run(cli: Cli) -> Result<()> {
             println!("\nheld-out evaluation of the final model (job {}):\n", &result.report.job_id[..12]);
             print!("{}", result.report.table());
             println!(
-                "\nmodel:  {}\nreport: {}\ncard:   {} (and {})\naudit:  {} (one hash-chained log per site; `site-agent audit verify --log FILE`)\nwall time: {:.2} s",
+                "\nmodel:  {}\nreport: {} (and {}: plots, per-site tables, privacy, the model card's facts)\ncard:   {} (and {})\naudit:  {} (one hash-chained log per site; `site-agent audit verify --log FILE`)\nwall time: {:.2} s",
                 result.model_path.display(),
                 result.report_path.display(),
+                result.html.html.display(),
                 result.card.markdown.display(),
                 result.card.json.display(),
                 opts.out_dir.join("audit").display(),
                 result.wall.as_secs_f64()
             );
         }
-        Command::Submit { job, remote, watch, out } => {
-            fedcare_cli::init_logging(cli.global.log_format, "warn");
+        Command::Submit { job, remote, watch, out, output } => {
+            fedcare_cli::init_logging(&cli.global, "warn");
             let text = std::fs::read_to_string(&job).with_context(|| format!("cannot read {}", job.display()))?;
             // Check locally first, so a typo is reported with this file's name and position.
             let spec = fedcare_job::JobSpec::from_toml(&text, &job.display().to_string())?;
             let mut admin = remote.connect().await?;
             let id = admin.submit(&text).await?;
-            println!("{id}");
+            match output {
+                Output::Json => println!("{}", serde_json::json!({ "job_id": id })),
+                Output::Text => println!("{id}"),
+            }
             if watch {
-                let rounds = spec.rounds;
-                let mut printer = ProgressPrinter::default();
-                let report = admin.watch(&id, |e| if let Some(l) = describe(e, rounds) { printer.print(&l) }).await?;
-                print!("\n{}", report.table());
+                let report = follow(&mut admin, &id, spec.rounds, output).await?;
+                if output == Output::Text {
+                    print!("\n{}", report.table());
+                }
                 if let Some(out) = out {
                     let (model, report) = admin.fetch(&id).await?;
                     write_outputs(&out, &model, &report)?;
                 }
             }
         }
-        Command::Watch { job_id, remote } => {
-            fedcare_cli::init_logging(cli.global.log_format, "warn");
+        Command::Watch { job_id, remote, output } => {
+            fedcare_cli::init_logging(&cli.global, "warn");
             let mut admin = remote.connect().await?;
-            let mut printer = ProgressPrinter::default();
-            let report = admin.watch(&job_id, |e| if let Some(l) = describe(e, 0) { printer.print(&l) }).await?;
-            print!("{}", report.table());
+            let id = admin.resolve(&job_id).await?;
+            let rounds = admin.job(&id).await?.summary.map_or(0, |s| s.rounds_total);
+            let report = follow(&mut admin, &id, rounds, output).await?;
+            if output == Output::Text {
+                print!("{}", report.table());
+            }
         }
-        Command::Sites { remote } => {
-            fedcare_cli::init_logging(cli.global.log_format, "warn");
+        Command::Sites { remote, output } => {
+            fedcare_cli::init_logging(&cli.global, "warn");
             let mut admin = remote.connect().await?;
             let sites = admin.sites().await?;
-            if sites.is_empty() {
-                bail!("no site is connected to {}", remote.coordinator);
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&lead::sites_json(&sites))?),
+                Output::Text if sites.is_empty() => bail!("no site has connected to {} since it started", remote.coordinator),
+                Output::Text => print!("{}", lead::sites_table(&sites)),
             }
-            for s in sites {
-                let state = if !s.connected {
-                    format!("LOST {} s ago (no heartbeat answer or stream closed)", s.lost_ms_ago / 1000)
-                } else if s.job_id.is_empty() {
-                    "idle".to_owned()
-                } else {
-                    format!("in job {}", &s.job_id[..12.min(s.job_id.len())])
-                };
-                println!("{:<16} {:<28} {state}", s.site_id, s.agent_version);
-            }
+        }
+        Command::Jobs { command } => {
+            fedcare_cli::init_logging(&cli.global, "warn");
+            jobs(command).await?;
         }
         Command::Privacy { command: PrivacyCommand::Plan { noise_multiplier, target_epsilon, sampling_rate, steps, delta, output } } => {
             privacy_plan(noise_multiplier, target_epsilon, sampling_rate, steps, delta, output)?;
         }
         Command::Fetch { job_id, remote, out } => {
-            fedcare_cli::init_logging(cli.global.log_format, "warn");
+            fedcare_cli::init_logging(&cli.global, "warn");
             let mut admin = remote.connect().await?;
+            let job_id = admin.resolve(&job_id).await?;
             let (model, report) = admin.fetch(&job_id).await?;
             print!("{}", report.table());
             write_outputs(&out, &model, &report)?;

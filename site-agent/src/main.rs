@@ -149,7 +149,7 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    fedcare_cli::init_logging(cli.global.log_format, "info");
+    fedcare_cli::init_logging(&cli.global, "info");
     match cli.command {
         Command::Run { config, coordinator, tls } => {
             let (mut cfg, base) = AgentConfig::load(&config)?;

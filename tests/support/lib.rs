@@ -59,6 +59,8 @@ pub struct TestCoordinator {
     stop: watch::Sender<bool>,
     server: Option<JoinHandle<()>>,
     pub state_dir: tempfile::TempDir,
+    /// The coordinator's Prometheus metrics (shared with the running server).
+    pub metrics: fedcare_server::metrics::Metrics,
 }
 
 impl TestCoordinator {
@@ -67,6 +69,7 @@ impl TestCoordinator {
         let state = state_dir.path().join("coordinator.redb");
         let (listener, addr, coordinator) =
             fedcare_server::bind("127.0.0.1:0".parse().expect("addr"), &state).await.expect("coordinator binds");
+        let metrics = coordinator.metrics().clone();
         let (stop, rx) = watch::channel(false);
         let server = tokio::spawn(async move {
             let mut rx = rx;
@@ -75,7 +78,7 @@ impl TestCoordinator {
             };
             fedcare_server::serve_on(listener, coordinator, fedcare_server::Security::Plaintext, shutdown).await.expect("coordinator serves");
         });
-        TestCoordinator { url: format!("http://{addr}"), addr, stop, server: Some(server), state_dir }
+        TestCoordinator { url: format!("http://{addr}"), addr, stop, server: Some(server), state_dir, metrics }
     }
 
     /// A shutdown future for agents that should stop with this coordinator.

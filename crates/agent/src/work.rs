@@ -253,12 +253,31 @@ impl Worker {
                         let probs = fedcare_models::predict(&spec.model, &params, test.features(), test.n_features())
                             .map_err(|e| format!("prediction failed: {e}"))?;
                         let m = metrics::evaluate(&probs, test.labels());
-                        let counts = EvalCounts { n: m.n, loss_sum: m.loss_sum, correct: m.correct, pos_hist: m.pos_hist, neg_hist: m.neg_hist };
+                        let counts = EvalCounts {
+                            n: m.n,
+                            loss_sum: m.loss_sum,
+                            correct: m.correct,
+                            pos_hist: m.pos_hist,
+                            neg_hist: m.neg_hist,
+                            sq_err_sum: m.sq_err_sum,
+                            true_pos: m.true_pos,
+                            false_pos: m.false_pos,
+                        };
                         Ok(EvalReport { round, counts, auc: m.auc })
                     })
                     .await;
                 Some(match result {
-                    Ok(report) => ReplyKind::Evaluation(report),
+                    Ok(report) => {
+                        info!(
+                            job = %job.short(),
+                            round,
+                            test_examples = report.counts.n,
+                            accuracy = report.counts.accuracy(),
+                            auc = ?report.auc,
+                            "evaluated the round's global model on this site's test split (counts sent, no record)"
+                        );
+                        ReplyKind::Evaluation(report)
+                    }
                     Err(reason) => ReplyKind::Failed { reason },
                 })
             }

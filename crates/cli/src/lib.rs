@@ -2,29 +2,46 @@
 //! parser: running an async main that reports failure as one readable sentence (no backtrace)
 //! and a non-zero exit code, log setup (text or JSON on stderr), and waiting for Ctrl-C.
 
+pub mod lead;
+pub mod watch;
+
 use std::future::Future;
 use std::process::ExitCode;
 
 /// Log format on stderr.
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
     Text,
     Json,
 }
 
 /// The options every binary takes: `#[command(flatten)]` them into its `Cli`.
-#[derive(Clone, Copy, Debug, clap::Args)]
+#[derive(Clone, Debug, clap::Args)]
 pub struct GlobalArgs {
-    /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    /// Log format on stderr: text for people, json (one object per line) for log collectors.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "FEDCARE_LOG_FORMAT")]
     pub log_format: LogFormat,
+    /// Log level: error, warn, info, debug or trace, or per-module directives such as
+    /// "info,fedcare_server=debug". Overrides RUST_LOG. Default: info for servers, warn for
+    /// one-shot commands.
+    #[arg(long, global = true, env = "FEDCARE_LOG")]
+    pub log_level: Option<String>,
 }
 
-/// Logs to stderr in `format`, at `default` level unless `RUST_LOG` says otherwise.
-pub fn init_logging(format: LogFormat, default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
+/// Logs to stderr in the chosen format, at `--log-level`, else `RUST_LOG`, else `default`.
+/// A bad level is reported and the default used (logging is not worth refusing to start).
+pub fn init_logging(global: &GlobalArgs, default: &str) {
+    let filter = match &global.log_level {
+        Some(level) => tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|e| {
+            eprintln!("warning: --log-level {level:?} is not a valid level or directive ({e}); using {default:?}");
+            default.into()
+        }),
+        None => tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into()),
+    };
+    // Colours only on a terminal: a log file or collector gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    match global.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }

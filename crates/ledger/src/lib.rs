@@ -307,8 +307,10 @@ fn check_name(what: &'static str, value: &str) -> Result<(), Refusal> {
     })
 }
 
+/// Equal within the tolerance; a non-finite value is close to nothing (an infinite recomputed
+/// epsilon would otherwise be "within tolerance" of any stored one).
 fn close(stored: f64, recomputed: f64) -> bool {
-    (stored - recomputed).abs() <= EPSILON_TOLERANCE * stored.abs().max(recomputed.abs()).max(1.0)
+    stored.is_finite() && recomputed.is_finite() && (stored - recomputed).abs() <= EPSILON_TOLERANCE * stored.abs().max(recomputed.abs()).max(1.0)
 }
 
 /// Is this last line (no `\n`) what a crash part-way through appending leaves: a strict

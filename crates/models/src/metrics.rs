@@ -28,6 +28,15 @@ pub struct Metrics {
     pub pos_hist: Vec<u64>,
     /// Same for negatives.
     pub neg_hist: Vec<u64>,
+    /// Sum of (p - y)^2 over rows (the Brier score's numerator).
+    #[serde(default)]
+    pub sq_err_sum: f64,
+    /// Positives with p >= 0.5.
+    #[serde(default)]
+    pub true_pos: u64,
+    /// Negatives with p >= 0.5.
+    #[serde(default)]
+    pub false_pos: u64,
 }
 
 impl Metrics {
@@ -66,6 +75,9 @@ impl Metrics {
             auc: auc_from_histograms(&pos_hist, &neg_hist),
             pos_hist,
             neg_hist,
+            sq_err_sum: self.sq_err_sum + other.sq_err_sum,
+            true_pos: self.true_pos + other.true_pos,
+            false_pos: self.false_pos + other.false_pos,
         }
     }
 }
@@ -87,6 +99,9 @@ pub fn evaluate(probs: &[f32], labels: &[f32]) -> Metrics {
         auc: None,
         pos_hist: vec![0; HIST_BINS],
         neg_hist: vec![0; HIST_BINS],
+        sq_err_sum: 0.0,
+        true_pos: 0,
+        false_pos: 0,
     };
     let mut scored: Vec<(f32, bool)> = Vec::with_capacity(probs.len().min(labels.len()));
     for (&p, &y) in probs.iter().zip(labels) {
@@ -94,9 +109,19 @@ pub fn evaluate(probs: &[f32], labels: &[f32]) -> Metrics {
         let pc = (p as f64).clamp(EPS, 1.0 - EPS);
         m.n += 1;
         m.loss_sum += if pos { -pc.ln() } else { -(1.0 - pc).ln() };
-        if (p >= 0.5) == pos {
+        let predicted = p >= 0.5;
+        if predicted == pos {
             m.correct += 1;
         }
+        match (predicted, pos) {
+            (true, true) => m.true_pos += 1,
+            (true, false) => m.false_pos += 1,
+            _ => {}
+        }
+        // The probability as a probability: clamped into [0, 1] (NaN counts as 0.5, the
+        // uninformative prediction) so each term stays in [0, 1].
+        let pb = if p.is_nan() { 0.5 } else { (p as f64).clamp(0.0, 1.0) };
+        m.sq_err_sum += (pb - if pos { 1.0 } else { 0.0 }).powi(2);
         let b = bin_of(p);
         if pos {
             m.pos_hist[b] += 1;
@@ -194,6 +219,20 @@ mod tests {
             }
         }
         num / den
+    }
+
+    #[test]
+    fn brier_and_confusion_hand_computed() {
+        // p:     0.9  0.6  0.4  0.2  0.5
+        // y:     1    0    1    0    0
+        // pred:  1    1    0    0    1   -> TP 1, FP 2, TN 1, FN 1; correct 2
+        // (p-y)^2: 0.01 0.36 0.36 0.04 0.25 = 1.02
+        let m = evaluate(&[0.9, 0.6, 0.4, 0.2, 0.5], &[1.0, 0.0, 1.0, 0.0, 0.0]);
+        assert_eq!((m.true_pos, m.false_pos, m.correct), (1, 2, 2));
+        assert!((m.sq_err_sum - 1.02).abs() < 1e-6, "{}", m.sq_err_sum);
+        // Out-of-range and NaN probabilities still give terms in [0, 1].
+        let odd = evaluate(&[f32::NAN, 2.0], &[1.0, 0.0]);
+        assert!((odd.sq_err_sum - 1.25).abs() < 1e-9, "{}", odd.sq_err_sum);
     }
 
     #[test]

@@ -116,9 +116,14 @@ pub fn epsilon_of(charges: &[Charge], delta: f64) -> Result<(f64, f64), PrivacyE
         crate::rdp::epsilon_from_rdp(acc.orders(), acc.rdp(), delta)?;
         return Ok((0.0, acc.orders()[0]));
     }
-    for c in charges {
-        let r = c.rdp(acc.orders())?;
-        acc.compose_rdp(&r, 1)?;
+    // Runs of equal charges (a job's rounds) are evaluated once and composed as a multiple,
+    // so the cost does not grow with the number of rounds.
+    let mut i = 0;
+    while i < charges.len() {
+        let run = charges[i..].iter().take_while(|c| **c == charges[i]).count();
+        let r = charges[i].rdp(acc.orders())?;
+        acc.compose_rdp(&r, run as u64)?;
+        i += run;
     }
     acc.epsilon(delta)
 }

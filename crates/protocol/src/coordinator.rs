@@ -52,6 +52,10 @@ pub struct RoundRecord {
     pub train_loss: Option<f64>,
     /// Held-out counts summed over the sites that evaluated.
     pub eval: EvalCounts,
+    /// Each evaluating site's own counts for this round's model (what a per-site plot needs;
+    /// absent in state files written before it was recorded).
+    #[serde(default)]
+    pub site_eval: BTreeMap<SiteId, EvalReport>,
     pub started_ms: u64,
     pub finished_ms: u64,
 }
@@ -62,7 +66,9 @@ pub enum JobEvent {
     SitesJoined(Vec<SiteId>),
     SiteRefused { site: SiteId, round: u32, reason: String },
     StatsDone { total_examples: u64 },
-    Progress { round: u32, stage: &'static str, sites_done: u32, sites_total: u32 },
+    /// A site finished its part of a stage (or the stage began); `waiting` lists the sites
+    /// that still owe an answer in it.
+    Progress { round: u32, stage: &'static str, sites_done: u32, sites_total: u32, waiting: Vec<SiteId> },
     RoundDone(RoundRecord),
 }
 
@@ -521,7 +527,8 @@ impl JobRun {
             _ => self.participants.len(),
         } as u32;
         let done = total.saturating_sub(self.outstanding.len() as u32);
-        self.event(JobEvent::Progress { round, stage, sites_done: done, sites_total: total });
+        let waiting = self.outstanding.keys().cloned().collect();
+        self.event(JobEvent::Progress { round, stage, sites_done: done, sites_total: total, waiting });
     }
 
     /// Ends the current stage once nothing is outstanding.
@@ -587,8 +594,19 @@ impl JobRun {
                 }
                 self.start_eval(round, model, sites, agg.mean_train_loss(), started_ms, now_ms);
             }
-            Stage::Evaluating { round, counts, mut record } => {
-                record.eval = counts;
+            Stage::Evaluating { round, counts: _, mut record } => {
+                record.site_eval = self
+                    .last_eval
+                    .iter()
+                    .filter(|(_, e)| e.round == round)
+                    .map(|(s, e)| (s.clone(), e.clone()))
+                    .collect();
+                // Summed in site order, not arrival order: float sums then do not depend on
+                // which site answered first, so the same job gives the same report.
+                record.eval = EvalCounts::zero();
+                for e in record.site_eval.values() {
+                    record.eval.add(&e.counts);
+                }
                 record.finished_ms = now_ms;
                 self.history.push(record.clone());
                 self.event(JobEvent::RoundDone(record));
@@ -611,7 +629,7 @@ impl JobRun {
         }
         self.model = Arc::new(model);
         let train_loss = (self.spec.privacy.unit == fedcare_job::PrivacyUnit::None).then_some(train_loss);
-        let record = RoundRecord { round, sites, train_loss, eval: EvalCounts::zero(), started_ms, finished_ms: now_ms };
+        let record = RoundRecord { round, sites, train_loss, eval: EvalCounts::zero(), site_eval: BTreeMap::new(), started_ms, finished_ms: now_ms };
         self.stage = Stage::Evaluating { round, counts: EvalCounts::zero(), record };
         let task = |s: &Self| TaskKind::Eval { round, model: s.model_vector(), standardization: s.std() };
         self.send_to_participants(task, now_ms);

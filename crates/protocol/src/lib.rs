@@ -26,7 +26,7 @@ pub mod secure;
 pub mod site;
 
 pub use coordinator::{Action, JobEvent, JobOutcome, JobRun, ReplyError, RoundRecord};
-pub use messages::{EvalCounts, ModelUpdate, ModelVector, Reply, ReplyKind, SecAggRound, SiteId, Task, TaskId, TaskKind};
+pub use messages::{Confusion, EvalCounts, ModelUpdate, ModelVector, Reply, ReplyKind, SecAggRound, SiteId, Task, TaskId, TaskKind};
 pub use site::{SiteError, SiteSession, Work};
 
 #[cfg(test)]

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use fedcare_data::{FeatureSums, Standardization};
 use fedcare_job::JobId;
-use fedcare_models::metrics::{HIST_BINS, auc_from_histograms};
+pub use fedcare_models::metrics::HIST_BINS;
+use fedcare_models::metrics::auc_from_histograms;
 use serde::{Deserialize, Serialize};
 
 /// A site's name: 1 to 64 characters of `[A-Za-z0-9._-]`, so it is safe in logs, file names and
@@ -118,11 +119,62 @@ pub struct EvalCounts {
     pub correct: u64,
     pub pos_hist: Vec<u64>,
     pub neg_hist: Vec<u64>,
+    /// Sum of squared errors (p - y)^2: the Brier score's numerator, for calibration.
+    #[serde(default)]
+    pub sq_err_sum: f64,
+    /// Positives predicted positive (p >= 0.5). With `false_pos`, the class totals from the
+    /// histograms and `correct`, this gives the whole confusion matrix at threshold 0.5.
+    #[serde(default)]
+    pub true_pos: u64,
+    /// Negatives predicted positive (p >= 0.5).
+    #[serde(default)]
+    pub false_pos: u64,
+}
+
+/// The confusion matrix at threshold 0.5, from [`EvalCounts`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confusion {
+    pub true_pos: u64,
+    pub false_pos: u64,
+    pub true_neg: u64,
+    pub false_neg: u64,
 }
 
 impl EvalCounts {
     pub fn zero() -> EvalCounts {
-        EvalCounts { n: 0, loss_sum: 0.0, correct: 0, pos_hist: vec![0; HIST_BINS], neg_hist: vec![0; HIST_BINS] }
+        EvalCounts {
+            n: 0,
+            loss_sum: 0.0,
+            correct: 0,
+            pos_hist: vec![0; HIST_BINS],
+            neg_hist: vec![0; HIST_BINS],
+            sq_err_sum: 0.0,
+            true_pos: 0,
+            false_pos: 0,
+        }
+    }
+
+    /// Positives and negatives, from the histograms.
+    pub fn class_totals(&self) -> (u64, u64) {
+        (self.pos_hist.iter().sum(), self.neg_hist.iter().sum())
+    }
+
+    /// The confusion matrix at threshold 0.5 (counts that [`validate`](Self::validate) has
+    /// checked are consistent; saturating otherwise).
+    pub fn confusion(&self) -> Confusion {
+        let (pos, neg) = self.class_totals();
+        Confusion {
+            true_pos: self.true_pos,
+            false_pos: self.false_pos,
+            true_neg: neg.saturating_sub(self.false_pos),
+            false_neg: pos.saturating_sub(self.true_pos),
+        }
+    }
+
+    /// Mean squared error of the predicted probability (the Brier score; 0 is perfect, 0.25
+    /// is a constant 0.5). NaN for no examples.
+    pub fn brier(&self) -> f64 {
+        if self.n == 0 { f64::NAN } else { self.sq_err_sum / self.n as f64 }
     }
 
     /// Checks internal consistency of counts received from a site.
@@ -144,6 +196,25 @@ impl EvalCounts {
         if !(self.loss_sum.is_finite() && self.loss_sum >= 0.0) {
             return Err(format!("loss sum {} is not a finite non-negative number", self.loss_sum));
         }
+        // Each squared error is in [0, 1].
+        if !(self.sq_err_sum.is_finite() && self.sq_err_sum >= 0.0 && self.sq_err_sum <= self.n as f64) {
+            return Err(format!("squared-error sum {} is not in [0, n = {}]", self.sq_err_sum, self.n));
+        }
+        let (pos, neg) = self.class_totals();
+        if self.true_pos > pos || self.false_pos > neg {
+            return Err(format!(
+                "confusion counts (true positives {}, false positives {}) exceed the class totals ({pos} positives, {neg} negatives)",
+                self.true_pos, self.false_pos
+            ));
+        }
+        if self.true_pos + (neg - self.false_pos) != self.correct {
+            return Err(format!(
+                "correct ({}) is not true positives ({}) plus true negatives ({})",
+                self.correct,
+                self.true_pos,
+                neg - self.false_pos
+            ));
+        }
         Ok(())
     }
 
@@ -151,6 +222,9 @@ impl EvalCounts {
         self.n += other.n;
         self.loss_sum += other.loss_sum;
         self.correct += other.correct;
+        self.sq_err_sum += other.sq_err_sum;
+        self.true_pos += other.true_pos;
+        self.false_pos += other.false_pos;
         for (a, b) in self.pos_hist.iter_mut().zip(&other.pos_hist) {
             *a += b;
         }
@@ -246,12 +320,18 @@ mod tests {
         a.loss_sum = 1.5;
         a.pos_hist[90] = 2;
         a.neg_hist[10] = 1;
+        // One positive right, one wrong; the negative right: 1 + 1 = 2 correct.
+        a.true_pos = 1;
+        a.false_pos = 0;
+        a.sq_err_sum = 0.9;
         assert!(a.validate().is_ok());
         let mut total = EvalCounts::zero();
         total.add(&a);
         total.add(&a);
         assert_eq!(total.n, 6);
         assert_eq!(total.correct, 4);
+        assert_eq!(total.confusion(), Confusion { true_pos: 2, false_pos: 0, true_neg: 2, false_neg: 2 });
+        assert!((total.brier() - 0.3).abs() < 1e-12);
         assert_eq!(total.pos_hist[90], 4);
         assert!((total.accuracy() - 4.0 / 6.0).abs() < 1e-12);
         assert_eq!(total.auc(), Some(1.0));
@@ -265,6 +345,15 @@ mod tests {
         let mut bad = a.clone();
         bad.loss_sum = f64::NAN;
         assert!(bad.validate().is_err());
+        let mut bad = a.clone();
+        bad.true_pos = 2;
+        assert!(bad.validate().unwrap_err().contains("is not true positives"));
+        let mut bad = a.clone();
+        bad.false_pos = 2;
+        assert!(bad.validate().unwrap_err().contains("exceed the class totals"));
+        let mut bad = a.clone();
+        bad.sq_err_sum = 3.5;
+        assert!(bad.validate().unwrap_err().contains("squared-error sum"));
         let mut bad = a;
         bad.pos_hist.pop();
         assert!(bad.validate().is_err());

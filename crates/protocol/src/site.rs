@@ -40,6 +40,10 @@ pub enum SiteError {
     RoundOutOfRange { job: JobId, round: u32, rounds: u32 },
     #[error("job {job}: model layout {got} is not the job's layout {expected}")]
     WrongLayout { job: JobId, expected: String, got: String },
+    #[error("job {job}: the model has {got} values, the job's model has {expected}")]
+    WrongModelLength { job: JobId, expected: usize, got: usize },
+    #[error("job {job}: the model's value {index} is not a finite number")]
+    NonFiniteModel { job: JobId, index: usize },
     #[error("job {job}: standardisation has {got} features, the job has {expected}")]
     WrongStandardization { job: JobId, expected: usize, got: usize },
     #[error("no task {task:?} of job {job} is waiting for a reply")]
@@ -229,6 +233,12 @@ impl SiteSession {
         let check_model = |j: &SiteJob, job: &JobId, model: &ModelVector, std: &Standardization| {
             if model.layout_digest != j.layout_digest {
                 return Err(SiteError::WrongLayout { job: job.clone(), expected: j.layout_digest.clone(), got: model.layout_digest.clone() });
+            }
+            if model.values.len() != j.layout_len {
+                return Err(SiteError::WrongModelLength { job: job.clone(), expected: j.layout_len, got: model.values.len() });
+            }
+            if let Some(i) = model.values.iter().position(|v| !v.is_finite()) {
+                return Err(SiteError::NonFiniteModel { job: job.clone(), index: i });
             }
             if std.mean.len() != width || std.std.len() != width {
                 return Err(SiteError::WrongStandardization { job: job.clone(), expected: width, got: std.mean.len() });

@@ -171,6 +171,9 @@ impl Harness {
                 counts.loss_sum = 4.0;
                 counts.pos_hist[80] = 5;
                 counts.neg_hist[20] = 5;
+                // Consistent confusion: 3 of the positives and all 5 negatives right.
+                counts.true_pos = 3;
+                counts.sq_err_sum = 1.5;
                 (job, task, ReplyKind::Evaluation(EvalReport { round, counts, auc: Some(1.0) }))
             }
             Work::Ended { .. } => return None,

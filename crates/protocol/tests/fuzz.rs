@@ -456,6 +456,9 @@ impl Fed {
                 counts.loss_sum = 4.0;
                 counts.pos_hist[80] = 5;
                 counts.neg_hist[20] = 5;
+                // Consistent confusion: 3 of the positives and all 5 negatives right.
+                counts.true_pos = 3;
+                counts.sq_err_sum = 1.5;
                 (job, task, ReplyKind::Evaluation(EvalReport { round, counts, auc: Some(1.0) }), round)
             }
             Work::Ended { .. } => return None,
@@ -467,11 +470,8 @@ impl Fed {
         let answered = |job: &JobId| self.answered.get(&(to.clone(), job.clone())).copied().unwrap_or_default();
         let check_model = |spec: &JobSpec, model: &ModelVector, std: &Standardization| {
             assert_eq!(model.layout_digest, LAYOUT, "a site accepted a model of another layout");
-            if self.strict {
-                // Known gap (README): on_task checks the layout's digest, not the model's length
-                // (the agent refuses it later, when it builds the parameters).
-                assert_eq!(model.values.len(), spec.n_features() + 1, "a site accepted a model of the wrong length");
-            }
+            // Found by fuzzing: on_task once checked only the layout's digest, not the length.
+            assert_eq!(model.values.len(), spec.n_features() + 1, "a site accepted a model of the wrong length");
             let width = spec.n_features();
             assert_eq!((std.mean.len(), std.std.len()), (width, width), "a site accepted a standardisation of another width");
         };
@@ -613,6 +613,8 @@ fn reply_from_spec(spec: &ReplySpec, round: u32) -> ReplyKind {
             }
             counts.n = n;
             counts.correct = correct;
+            // Every row is a positive here, so the correct ones are the true positives.
+            counts.true_pos = correct;
             counts.loss_sum = 1.0;
             ReplyKind::Evaluation(EvalReport { round, counts, auc: Some(0.5) })
         }
@@ -673,6 +675,9 @@ fn change_reply(mut r: Reply, change: &ReplyChange) -> Reply {
                 }
                 e.counts.n = *c;
                 e.counts.correct = e.counts.correct.min(*c);
+                e.counts.true_pos = e.counts.correct;
+                e.counts.false_pos = 0;
+                e.counts.sq_err_sum = 0.0;
             }
             _ => {}
         },
@@ -1109,6 +1114,7 @@ proptest! {
                 sites: vec![],
                 train_loss: None,
                 eval: EvalCounts::zero(),
+                site_eval: Default::default(),
                 started_ms: 0,
                 finished_ms: 0,
             })

@@ -151,7 +151,7 @@ impl Evaluation {
         match metrics {
             None => Evaluation::NotEvaluated,
             Some(m) if m.n < MIN_REPORTED_N => Evaluation::Suppressed,
-            Some(m) => Evaluation::Reported(m.clone()),
+            Some(m) => Evaluation::Reported(suppress_small_cells(m)),
         }
     }
 
@@ -162,6 +162,19 @@ impl Evaluation {
             _ => None,
         }
     }
+}
+
+/// The metrics with every small cell removed: the confusion matrix if any non-empty cell has
+/// fewer than [`MIN_REPORTED_N`] patients, and reliability bins with fewer than that many.
+fn suppress_small_cells(m: &Metrics) -> Metrics {
+    let mut m = m.clone();
+    if let Some(c) = m.confusion
+        && [c.true_pos, c.false_pos, c.true_neg, c.false_neg].iter().any(|&x| x > 0 && x < MIN_REPORTED_N)
+    {
+        m.confusion = None;
+    }
+    m.calibration.retain(|b| b.n >= MIN_REPORTED_N);
+    m
 }
 
 /// The two files [`ModelCard::write`] wrote.
@@ -254,19 +267,7 @@ impl ModelCard {
             .map(|s| CardSite { site: s.site.clone(), train_examples: s.train_examples, test: Evaluation::of(s.test.as_ref()) })
             .collect();
         let federated = Evaluation::of(report.federated.as_ref());
-        let mut warnings = Vec::new();
-        if let Some(fed) = federated.metrics() {
-            for s in &sites {
-                if let Some(m) = s.test.metrics()
-                    && fed.accuracy - m.accuracy > WORSE_AT_SITE_MARGIN
-                {
-                    warnings.push(format!(
-                        "Performs worse at site {} (accuracy {:.3} against {:.3} over all sites): check before use there.",
-                        s.site, m.accuracy, fed.accuracy
-                    ));
-                }
-            }
-        }
+        let warnings = report.site_warnings();
         ModelCard {
             job: CardJob {
                 name: report.job_name.clone(),
@@ -395,10 +396,12 @@ impl ModelCard {
         let _ = writeln!(
             o,
             "Accuracy: share of test patients classified correctly. AUC: chance that a positive patient scores higher than a \
-             negative one (0.5 is a coin toss, 1 is perfect; n/a when all test patients have the same label). Loss: mean cross-entropy, lower is better. n: test patients. \
+             negative one (0.5 is a coin toss, 1 is perfect; n/a when all test patients have the same label). Loss: mean cross-entropy, lower is better. \
+             Brier: mean squared error of the predicted risk (calibration; 0 is perfect, 0.25 is always saying 50%). \
+             TP / FP / TN / FN: true and false positives and negatives at a predicted risk of 50%. n: test patients. \
              Figures over fewer than {MIN_REPORTED_N} patients are suppressed: small counts could identify patients.\n"
         );
-        let _ = writeln!(o, "| | n | accuracy | AUC | loss |\n|---|---:|---:|---:|---:|");
+        let _ = writeln!(o, "| | n | accuracy | AUC | loss | Brier | TP / FP / TN / FN |\n|---|---:|---:|---:|---:|---:|---:|");
         for s in &self.sites {
             let _ = writeln!(o, "| {} | {}", cell(&s.site), metrics_cells(&s.test));
         }
@@ -474,14 +477,19 @@ fn privacy_in_words(report: &Report) -> String {
 fn metrics_cells(e: &Evaluation) -> String {
     match e {
         Evaluation::Reported(m) => format!(
-            "{} | {:.3} | {} | {:.3} |",
+            "{} | {:.3} | {} | {:.3} | {} | {} |",
             m.n,
             m.accuracy,
             m.auc.map_or("n/a".to_owned(), |a| format!("{a:.3}")),
-            m.loss
+            m.loss,
+            m.brier.map_or("n/a".to_owned(), |b| format!("{b:.4}")),
+            m.confusion.map_or(format!("suppressed (a cell < {MIN_REPORTED_N})"), |c| format!(
+                "{} / {} / {} / {}",
+                c.true_pos, c.false_pos, c.true_neg, c.false_neg
+            )),
         ),
-        Evaluation::Suppressed => format!("suppressed (n < {MIN_REPORTED_N}) | | | |"),
-        Evaluation::NotEvaluated => "not evaluated | | | |".to_owned(),
+        Evaluation::Suppressed => format!("suppressed (n < {MIN_REPORTED_N}) | | | | | |"),
+        Evaluation::NotEvaluated => "not evaluated | | | | | |".to_owned(),
     }
 }
 
@@ -544,7 +552,7 @@ mod tests {
         let outcome = JobOutcome {
             model: vec![0.0; 16],
             standardization: Standardization { mean: vec![0.0; 15], std: vec![1.0; 15] },
-            rounds: vec![RoundRecord { round: 1, sites: ids, train_loss: None, eval: total, started_ms: 5, finished_ms: 25 }],
+            rounds: vec![RoundRecord { round: 1, sites: ids, train_loss: None, eval: total, site_eval: BTreeMap::new(), started_ms: 5, finished_ms: 25 }],
             final_eval,
             train_examples,
         };
@@ -561,7 +569,7 @@ mod tests {
         report.site_audit_heads.insert("a".into(), "aa11".into());
         report.site_audit_heads.insert("b".into(), "bb22".into());
         report.pooled_reference = Some(PooledReference {
-            test: Metrics { n: 105, accuracy: 0.8, auc: Some(0.88), loss: 0.45 },
+            test: Metrics { n: 105, accuracy: 0.8, auc: Some(0.88), loss: 0.45, brier: Some(0.15), confusion: None, calibration: Vec::new() },
             epochs: 10,
             note: "central".into(),
         });
@@ -601,10 +609,14 @@ mod tests {
             assert_eq!(c.site, r.site);
             assert_eq!(c.train_examples, r.train_examples);
             if let Some(m) = c.test.metrics() {
-                assert_eq!(Some(m), r.test.as_ref());
+                // The report's own values, less its small cells (empty reliability bins here).
+                let r = r.test.as_ref().unwrap();
+                assert_eq!((m.n, m.accuracy, m.auc, m.loss, m.brier, m.confusion), (r.n, r.accuracy, r.auc, r.loss, r.brier, r.confusion));
+                assert!(m.calibration.iter().all(|b| b.n >= MIN_REPORTED_N && r.calibration.contains(b)));
+                assert_eq!(m.calibration.len(), r.calibration.iter().filter(|b| b.n >= MIN_REPORTED_N).count());
             }
         }
-        assert_eq!(card.federated.metrics(), report.federated.as_ref());
+        assert_eq!(card.federated.metrics().map(|m| m.accuracy), report.federated.as_ref().map(|m| m.accuracy));
         assert_eq!(card.pooled_reference, Some(Evaluation::Reported(report.pooled_reference.as_ref().unwrap().test.clone())));
         assert_eq!(card.audit_heads, report.site_audit_heads);
 
@@ -625,7 +637,7 @@ mod tests {
         assert!(json.contains("\"status\": \"suppressed\""), "{json}");
         let md = card.to_markdown();
         let row = md.lines().find(|l| l.starts_with("| tiny | suppressed")).unwrap_or_else(|| panic!("no suppressed row:\n{md}"));
-        assert_eq!(row, "| tiny | suppressed (n < 10) | | | |");
+        assert_eq!(row, "| tiny | suppressed (n < 10) | | | | | |");
         // Its test n is not shown in the data table either.
         assert!(md.contains("| tiny | 15 | fewer than 10 |"), "{md}");
         // A federated total under ten is suppressed too.
@@ -638,14 +650,18 @@ mod tests {
     fn a_site_more_than_five_points_below_the_federated_accuracy_is_flagged() {
         let report = report(example_spec());
         // Overall 83/105 = 0.790; a: 0.900, b: 0.700 (0.09 below), tiny: suppressed.
+        // Site a's exact AUC (0.93) is also more than 5 points below the pooled one (1.0).
         let card = ModelCard::from_report(&report);
-        assert_eq!(card.warnings.len(), 1, "{:?}", card.warnings);
-        assert_eq!(card.warnings[0], "Performs worse at site b (accuracy 0.700 against 0.790 over all sites): check before use there.");
+        assert_eq!(card.warnings.len(), 2, "{:?}", card.warnings);
+        assert_eq!(card.warnings[0], "Ranks patients worse at site a (ROC AUC 0.930 against 1.000 over all sites): check before use there.");
+        assert_eq!(card.warnings[1], "Performs worse at site b (accuracy 0.700 against 0.790 over all sites): check before use there.");
         assert!(card.to_markdown().contains("**Warning.** Performs worse at site b"));
-        // Within the margin: no warning.
+        // Within the margins: no warning.
         let mut close = report.clone();
         let b = close.sites.iter_mut().find(|s| s.site == "b").unwrap();
         b.test.as_mut().unwrap().accuracy = 0.75;
+        let a = close.sites.iter_mut().find(|s| s.site == "a").unwrap();
+        a.test.as_mut().unwrap().auc = Some(0.96);
         assert!(ModelCard::from_report(&close).warnings.is_empty());
     }
 

@@ -36,9 +36,20 @@ impl From<tonic::Status> for ClientError {
 
 pub struct AdminClient {
     inner: AdminServiceClient<Channel>,
+    channel: Channel,
 }
 
 impl AdminClient {
+    /// The standard gRPC health check (grpc.health.v1) of `service` ("" for the server as a
+    /// whole): whether it answers SERVING. What container and Kubernetes probes run, through
+    /// `coordinator health`, since Kubernetes' own gRPC probe cannot present a certificate.
+    pub async fn health(&mut self, service: &str) -> Result<bool, ClientError> {
+        use tonic_health::pb::health_check_response::ServingStatus;
+        let mut client = tonic_health::pb::health_client::HealthClient::new(self.channel.clone());
+        let status = client.check(tonic_health::pb::HealthCheckRequest { service: service.to_owned() }).await?.into_inner().status;
+        Ok(status == ServingStatus::Serving as i32)
+    }
+
     /// Connects without TLS (an `http://` URL; development only).
     pub async fn connect(url: &str) -> Result<AdminClient, ClientError> {
         Self::connect_as(url, None).await
@@ -54,7 +65,7 @@ impl AdminClient {
                 let host = fedcare_pki::url_host(url).map_err(|e| ClientError::Tls(e.to_string()))?;
                 let client = party.client(&host).map_err(|e| ClientError::Tls(e.to_string()))?;
                 let channel = client.connect(url).await.map_err(|e| ClientError::Tls(e.to_string()))?;
-                return Ok(AdminClient { inner: AdminServiceClient::new(channel) });
+                return Ok(AdminClient { inner: AdminServiceClient::new(channel.clone()), channel });
             }
             (true, None) => {
                 return Err(ClientError::Tls(format!("{url} is https://: give the folder with your key and certificate (--tls DIR)")));
@@ -68,7 +79,7 @@ impl AdminClient {
             .map_err(|_| ClientError::Rpc(tonic::Status::invalid_argument(format!("{url:?} is not a valid URL"))))?
             .connect_timeout(Duration::from_secs(10));
         let channel = endpoint.connect().await.map_err(|source| ClientError::Connect { url: url.to_owned(), source })?;
-        Ok(AdminClient { inner: AdminServiceClient::new(channel) })
+        Ok(AdminClient { inner: AdminServiceClient::new(channel.clone()), channel })
     }
 
     pub async fn submit(&mut self, spec_toml: &str) -> Result<String, ClientError> {
@@ -96,6 +107,42 @@ impl AdminClient {
             }
         }
         Err(ClientError::StreamEnded)
+    }
+
+    /// Every job the coordinator has recorded, newest first.
+    pub async fn jobs(&mut self) -> Result<Vec<pb::JobSummary>, ClientError> {
+        Ok(self.inner.list_jobs(pb::ListJobsRequest {}).await?.into_inner().jobs)
+    }
+
+    /// One job's summary, rounds, and report JSON (empty until it has finished).
+    pub async fn job(&mut self, job_id: &str) -> Result<pb::GetJobResponse, ClientError> {
+        Ok(self.inner.get_job(pb::GetJobRequest { job_id: job_id.to_owned() }).await?.into_inner())
+    }
+
+    /// Cancels a running job; returns its summary afterwards.
+    pub async fn cancel(&mut self, job_id: &str, reason: &str) -> Result<pb::JobSummary, ClientError> {
+        let r = self.inner.cancel_job(pb::CancelJobRequest { job_id: job_id.to_owned(), reason: reason.to_owned() }).await?.into_inner();
+        r.summary.ok_or_else(|| ClientError::Rpc(tonic::Status::internal("the coordinator sent no summary")))
+    }
+
+    /// The full id of the job whose id starts with `prefix` (as `jobs list` shows them, 12
+    /// characters), so research leads need not paste 64 hex digits. A full id is returned as is.
+    pub async fn resolve(&mut self, prefix: &str) -> Result<String, ClientError> {
+        if prefix.len() == 64 {
+            return Ok(prefix.to_owned());
+        }
+        if prefix.len() < 4 {
+            return Err(ClientError::Rpc(tonic::Status::invalid_argument(format!("job id {prefix:?} is too short: give at least 4 characters"))));
+        }
+        let matches: Vec<String> = self.jobs().await?.into_iter().map(|j| j.job_id).filter(|id| id.starts_with(prefix)).collect();
+        match matches.as_slice() {
+            [one] => Ok(one.clone()),
+            [] => Err(ClientError::Rpc(tonic::Status::not_found(format!("no job id starts with {prefix:?} (see `coordinator jobs list`)")))),
+            many => Err(ClientError::Rpc(tonic::Status::invalid_argument(format!(
+                "{} jobs start with {prefix:?}: give more characters",
+                many.len()
+            )))),
+        }
     }
 
     /// The finished job's model (safetensors bytes) and report.

@@ -52,6 +52,8 @@ struct JobEntry {
     published: watch::Sender<(usize, bool)>,
     /// Digests of the messages exchanged for this job since its last audit entry.
     payloads: Vec<fedcare_audit::PayloadDigest>,
+    /// Set when the job was cancelled (so its end is recorded as cancelled, not failed).
+    cancelled: bool,
 }
 
 /// Rebuilds a running job from the store: its spec, the model after its last recorded round,
@@ -90,7 +92,7 @@ fn resume(store: &Store, job: &JobRecord) -> Result<JobEntry, String> {
         .with_noise(<rand_chacha::ChaCha20Rng as rand_core::SeedableRng>::from_seed(seed));
     zeroize::Zeroize::zeroize(&mut seed);
     let published = watch::channel((events.len(), false)).0;
-    Ok(JobEntry { run, spec, layout, submitted: Instant::now(), events, published, payloads: Vec::new() })
+    Ok(JobEntry { run, spec, layout, submitted: Instant::now(), events, published, payloads: Vec::new(), cancelled: false })
 }
 
 /// The digest of one message's exact protobuf bytes, for the audit log.
@@ -120,6 +122,7 @@ struct Inner {
     state: Mutex<State>,
     /// The coordinator's own tamper-evident log (see [`Coordinator::set_audit_log`]).
     audit: Mutex<Option<fedcare_audit::AuditLog>>,
+    metrics: crate::metrics::Metrics,
 }
 
 /// The coordinator's shared state; cheap to clone into each service.
@@ -159,12 +162,15 @@ impl Coordinator {
                 store.append_event(&job.job_id, &event.encode_to_vec())?;
             }
         }
+        let metrics = crate::metrics::Metrics::new();
+        metrics.jobs_resumed(resumed.len());
         Ok(Coordinator {
             inner: Arc::new(Inner {
                 store,
                 started: Instant::now(),
                 state: Mutex::new(State { sites: BTreeMap::new(), lost: BTreeMap::new(), jobs: resumed, next_conn: 1 }),
                 audit: Mutex::new(None),
+                metrics,
             }),
         })
     }
@@ -176,6 +182,16 @@ impl Coordinator {
     /// started, a site not connected) or the job fails: nothing happens unrecorded.
     pub fn set_audit_log(&self, log: fedcare_audit::AuditLog) {
         *self.inner.audit.lock().unwrap_or_else(|p| p.into_inner()) = Some(log);
+    }
+
+    /// The coordinator's Prometheus metrics (serve them with [`crate::metrics::serve_metrics`]).
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.inner.metrics
+    }
+
+    /// [`Auth::require`], counting a refusal in the metrics.
+    fn authorize<T>(&self, auth: Auth, request: &Request<T>, allowed: &[fedcare_pki::Role], what: &str) -> Result<Option<fedcare_pki::Identity>, Status> {
+        auth.require(request, allowed, what).inspect_err(|_| self.inner.metrics.refused("unauthorized"))
     }
 
     /// Whether an audit log is kept (digests are computed only then).
@@ -290,7 +306,9 @@ impl Coordinator {
             events: Vec::new(),
             published: watch::channel((0, false)).0,
             payloads: Vec::new(),
+            cancelled: false,
         });
+        self.inner.metrics.job_submitted();
         let now = self.now_ms();
         let sites: Vec<(SiteId, Vec<u8>)> = st.sites.iter().map(|(s, c)| (s.clone(), c.identity.clone())).collect();
         if let Some(job) = st.jobs.get_mut(&id) {
@@ -318,6 +336,7 @@ impl Coordinator {
             self.site_gone(&mut st, &site, now);
         }
         info!(site = %site, "site connected");
+        self.inner.metrics.sites_connected(st.sites.len());
         let ids: Vec<JobId> = st.jobs.keys().cloned().collect();
         for id in ids {
             if let Some(job) = st.jobs.get_mut(&id) {
@@ -336,6 +355,7 @@ impl Coordinator {
                 st.lost.insert(site.clone(), (now, c.agent_version));
             }
             info!(site = %site, "site disconnected");
+            self.inner.metrics.sites_connected(st.sites.len());
             self.site_gone(&mut st, site, now);
         }
     }
@@ -352,15 +372,23 @@ impl Coordinator {
 
     /// Feeds a site's reply into its job.
     fn reply(&self, reply: pb::SiteReply) -> Result<(), Status> {
+        let metrics = &self.inner.metrics;
+        metrics.received(reply.encoded_len());
         let received = self.audited().then(|| (reply.site_id.clone(), fedcare_wire::reply_round(&reply), reply.encode_to_vec()));
-        let reply = fedcare_wire::reply_from_wire(reply).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let reply = fedcare_wire::reply_from_wire(reply).map_err(|e| {
+            metrics.refused("malformed");
+            Status::invalid_argument(e.to_string())
+        })?;
         let kind_name = reply.kind.name();
         let span = info_span!("reply", site = %reply.site, job = %reply.job.short(), task = reply.task.0, kind = reply.kind.name());
         let _enter = span.enter();
         let now = self.now_ms();
         let mut st = self.lock();
         let job_id = reply.job.clone();
-        let job = st.jobs.get_mut(&job_id).ok_or_else(|| Status::not_found(format!("no job {job_id}")))?;
+        let job = st.jobs.get_mut(&job_id).ok_or_else(|| {
+            metrics.refused("unknown_job");
+            Status::not_found(format!("no job {job_id}"))
+        })?;
         if let Some((site, round, bytes)) = &received {
             job.payloads.push(digest("received", site, kind_name, *round, bytes));
         }
@@ -369,6 +397,14 @@ impl Coordinator {
         self.drive(&mut st, &job_id);
         result.map_err(|e| {
             warn!(error = %e, "reply refused");
+            metrics.refused(match &e {
+                ReplyError::WrongJob { .. } => "wrong_job",
+                ReplyError::NotExpected(_) => "not_expected",
+                ReplyError::WrongTask { .. } => "stale_or_replayed",
+                ReplyError::WrongKind { .. } => "wrong_kind",
+                ReplyError::Refused { .. } => "invalid_content",
+                ReplyError::JobOver => "job_over",
+            });
             match e {
                 ReplyError::Refused { .. } => Status::invalid_argument(e.to_string()),
                 _ => Status::failed_precondition(e.to_string()),
@@ -384,6 +420,7 @@ impl Coordinator {
             match action {
                 Action::Send { site, task } => {
                     let wire = fedcare_wire::task_to_wire(&task);
+                    self.inner.metrics.sent(wire.encoded_len());
                     if self.audited() {
                         let d = digest("sent", site.as_str(), task.kind.name(), fedcare_wire::task_round(&wire), &wire.encode_to_vec());
                         job.payloads.push(d);
@@ -414,6 +451,7 @@ impl Coordinator {
                         _ => {}
                     }
                     if let JobEvent::RoundDone(record) = &event {
+                        self.inner.metrics.round_completed(record.finished_ms.saturating_sub(record.started_ms));
                         let model_sha256 = fedcare_audit::sha256_hex(&job.run.model().iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>());
                         let sites = record.sites.iter().map(|s| s.to_string()).collect();
                         let payloads = std::mem::take(&mut job.payloads);
@@ -435,10 +473,12 @@ impl Coordinator {
                     self.audit_payloads(job, id);
                     let kind = match self.finish(job, &outcome) {
                         Ok(report_json) => {
+                            self.inner.metrics.job_ended("finished");
                             let _ = self.audit(fedcare_audit::AuditEvent::JobEnded { job_id: id.to_string(), success: true, reason: String::new() });
                             pb::job_event::Kind::Finished(pb::JobFinished { report_json })
                         }
                         Err(reason) => {
+                            self.inner.metrics.job_ended("failed");
                             let _ = self.inner.store.set_status(id.as_str(), &JobStatus::Failed { reason: reason.clone() });
                             pb::job_event::Kind::Failed(pb::JobFailed { reason })
                         }
@@ -446,10 +486,17 @@ impl Coordinator {
                     self.publish(job, kind);
                 }
                 Action::Failed(reason) => {
-                    warn!(job = %id.short(), %reason, "job failed");
+                    let status = if job.cancelled {
+                        info!(job = %id.short(), %reason, "job cancelled");
+                        JobStatus::Cancelled { reason: reason.clone() }
+                    } else {
+                        warn!(job = %id.short(), %reason, "job failed");
+                        JobStatus::Failed { reason: reason.clone() }
+                    };
+                    self.inner.metrics.job_ended(status.name());
                     self.audit_payloads(job, id);
                     let _ = self.audit(fedcare_audit::AuditEvent::JobEnded { job_id: id.to_string(), success: false, reason: reason.clone() });
-                    if let Err(e) = self.inner.store.set_status(id.as_str(), &JobStatus::Failed { reason: reason.clone() }) {
+                    if let Err(e) = self.inner.store.set_status(id.as_str(), &status) {
                         warn!(error = %e, "could not persist the job's failure");
                     }
                     self.publish(job, pb::job_event::Kind::Failed(pb::JobFailed { reason }));
@@ -546,6 +593,7 @@ impl Coordinator {
             Ok(None) => match self.inner.store.job(id.as_str()) {
                 Ok(Some(rec)) => match rec.status {
                     JobStatus::Failed { reason } => Err(Status::failed_precondition(format!("job failed: {reason}"))),
+                    JobStatus::Cancelled { reason } => Err(Status::failed_precondition(format!("job was cancelled: {reason}"))),
                     _ => Err(Status::failed_precondition("job has no result")),
                 },
                 Ok(None) => Err(Status::not_found(format!("no job {id}"))),
@@ -553,6 +601,95 @@ impl Coordinator {
             },
             Err(e) => Err(Status::internal(e.to_string())),
         }
+    }
+}
+
+impl Coordinator {
+    /// A job's rounds so far: from memory for a job of this run, else from the state file.
+    fn rounds_of(&self, id: &str) -> Result<Vec<fedcare_protocol::RoundRecord>, Status> {
+        if let Ok(job_id) = fedcare_wire::job_id(id)
+            && let Some(job) = self.lock().jobs.get(&job_id)
+        {
+            return Ok(job.run.history().to_vec());
+        }
+        let internal = |e: fedcare_store::StoreError| Status::internal(e.to_string());
+        let last = self.inner.store.last_round(id).map_err(internal)?.unwrap_or(0);
+        (1..=last)
+            .map(|round| {
+                let json = self
+                    .inner
+                    .store
+                    .round_record(id, round)
+                    .map_err(internal)?
+                    .ok_or_else(|| Status::data_loss(format!("round {round} of job {id} has no record")))?;
+                serde_json::from_str(&json).map_err(|e| Status::data_loss(format!("round {round} of job {id}: {e}")))
+            })
+            .collect()
+    }
+
+    fn summary(&self, rec: &JobRecord, rounds: &[fedcare_protocol::RoundRecord]) -> pb::JobSummary {
+        let rounds_total = JobSpec::from_toml(&rec.spec_toml, "stored job spec").map_or(0, |s| s.rounds);
+        let stage = match fedcare_wire::job_id(&rec.job_id) {
+            Ok(id) => self.lock().jobs.get(&id).filter(|j| !j.run.is_over()).map(|j| j.run.stage_name().to_owned()).unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        pb::JobSummary {
+            job_id: rec.job_id.clone(),
+            name: rec.name.clone(),
+            state: rec.status.name().to_owned(),
+            reason: rec.status.reason().to_owned(),
+            rounds_done: rounds.len() as u32,
+            rounds_total,
+            submitted_unix_ms: rec.submitted_unix_ms,
+            stage,
+            accuracy: rounds.last().filter(|r| r.eval.n > 0).map(|r| r.eval.accuracy()),
+        }
+    }
+
+    fn record(&self, id: &JobId) -> Result<JobRecord, Status> {
+        self.inner
+            .store
+            .job(id.as_str())
+            .map_err(|e| Status::internal(e.to_string()))?
+            .ok_or_else(|| Status::not_found(format!("no job {id} is known to this coordinator")))
+    }
+
+    /// Every recorded job, newest first.
+    pub fn list_jobs(&self) -> Result<Vec<pb::JobSummary>, Status> {
+        let mut records = self.inner.store.jobs().map_err(|e| Status::internal(e.to_string()))?;
+        records.sort_by(|a, b| b.submitted_unix_ms.cmp(&a.submitted_unix_ms).then_with(|| a.job_id.cmp(&b.job_id)));
+        records.iter().map(|rec| Ok(self.summary(rec, &self.rounds_of(&rec.job_id)?))).collect()
+    }
+
+    /// One job: its summary, its rounds, and its report once finished.
+    pub fn get_job(&self, id: &JobId) -> Result<pb::GetJobResponse, Status> {
+        let rec = self.record(id)?;
+        let rounds = self.rounds_of(id.as_str())?;
+        let report_json = match rec.status {
+            JobStatus::Finished => self.inner.store.result(id.as_str()).map_err(|e| Status::internal(e.to_string()))?.map(|r| r.1).unwrap_or_default(),
+            _ => String::new(),
+        };
+        Ok(pb::GetJobResponse { summary: Some(self.summary(&rec, &rounds)), rounds: rounds.iter().map(round_to_wire).collect(), report_json })
+    }
+
+    /// Cancels a running job on behalf of `by`: its sites are sent the end of the job (so they
+    /// spend no further privacy budget), and it is recorded as cancelled, with who and why.
+    pub fn cancel(&self, id: &JobId, by: &str, why: &str) -> Result<pb::JobSummary, Status> {
+        let why = why.trim();
+        let reason = if why.is_empty() { format!("cancelled by {by}") } else { format!("cancelled by {by}: {why}") };
+        {
+            let mut st = self.lock();
+            let Some(job) = st.jobs.get_mut(id).filter(|j| !j.run.is_over()) else {
+                drop(st);
+                let rec = self.record(id)?;
+                return Err(Status::failed_precondition(format!("job {} is not running: it is {}", id.short(), rec.status.name())));
+            };
+            job.cancelled = true;
+            job.run.abort(reason);
+            self.drive(&mut st, id);
+        }
+        let rec = self.record(id)?;
+        Ok(self.summary(&rec, &self.rounds_of(id.as_str())?))
     }
 }
 
@@ -567,21 +704,28 @@ fn event_to_wire(e: &JobEvent) -> pb::job_event::Kind {
             Kind::Refused(pb::SiteRefused { site_id: site.to_string(), round: *round, reason: reason.clone() })
         }
         JobEvent::StatsDone { total_examples } => Kind::StatsDone(pb::StatsDone { total_examples: *total_examples }),
-        JobEvent::Progress { round, stage, sites_done, sites_total } => Kind::Progress(pb::RoundProgress {
+        JobEvent::Progress { round, stage, sites_done, sites_total, waiting } => Kind::Progress(pb::RoundProgress {
             round: *round,
             stage: (*stage).to_owned(),
             sites_done: *sites_done,
             sites_total: *sites_total,
+            waiting: waiting.iter().map(|s| s.to_string()).collect(),
         }),
-        JobEvent::RoundDone(r) => Kind::RoundDone(pb::RoundDone {
-            round: r.round,
-            sites: r.sites.len() as u32,
-            // NaN on the wire: not released (differential privacy).
-            train_loss: r.train_loss.unwrap_or(f64::NAN),
-            eval_loss: r.eval.mean_loss(),
-            eval_accuracy: r.eval.accuracy(),
-            round_ms: r.finished_ms.saturating_sub(r.started_ms),
-        }),
+        JobEvent::RoundDone(r) => Kind::RoundDone(round_to_wire(r)),
+    }
+}
+
+fn round_to_wire(r: &fedcare_protocol::RoundRecord) -> pb::RoundDone {
+    pb::RoundDone {
+        round: r.round,
+        sites: r.sites.len() as u32,
+        // NaN on the wire: not released (differential privacy).
+        train_loss: r.train_loss.unwrap_or(f64::NAN),
+        eval_loss: r.eval.mean_loss(),
+        eval_accuracy: r.eval.accuracy(),
+        round_ms: r.finished_ms.saturating_sub(r.started_ms),
+        eval_auc: r.eval.auc(),
+        eval_n: r.eval.n,
     }
 }
 
@@ -663,7 +807,7 @@ impl pb::site_service_server::SiteService for SiteApi {
     type JoinStream = SiteStream;
 
     async fn join(&self, request: Request<pb::JoinRequest>) -> Result<Response<SiteStream>, Status> {
-        let id = self.1.require(&request, &[fedcare_pki::Role::Site], "join")?;
+        let id = self.0.authorize(self.1, &request, &[fedcare_pki::Role::Site], "join")?;
         let r = request.into_inner();
         self.1.check_site_name(&id, &r.site_id)?;
         let site = fedcare_wire::site_id(&r.site_id, "site_id").map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -685,7 +829,7 @@ impl pb::site_service_server::SiteService for SiteApi {
     }
 
     async fn submit(&self, request: Request<pb::SiteReply>) -> Result<Response<pb::SubmitAck>, Status> {
-        let id = self.1.require(&request, &[fedcare_pki::Role::Site], "submit")?;
+        let id = self.0.authorize(self.1, &request, &[fedcare_pki::Role::Site], "submit")?;
         let reply = request.into_inner();
         self.1.check_site_name(&id, &reply.site_id)?;
         self.0.reply(reply)?;
@@ -704,7 +848,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
     type WatchJobStream = EventStream;
 
     async fn submit_job(&self, request: Request<pb::SubmitJobRequest>) -> Result<Response<pb::SubmitJobResponse>, Status> {
-        let caller = self.1.require(&request, &[fedcare_pki::Role::ResearchLead], "submit_job")?;
+        let caller = self.0.authorize(self.1, &request, &[fedcare_pki::Role::ResearchLead], "submit_job")?;
         let _span = info_span!("submit_job", by = %caller.as_ref().map_or("(unauthenticated)".to_owned(), |c| c.to_string())).entered();
         let by = caller.as_ref().map_or_else(|| "unauthenticated (no TLS)".to_owned(), |c| c.urn());
         let id = self.0.submit_by(&request.into_inner().spec_toml, &by)?;
@@ -712,7 +856,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
     }
 
     async fn watch_job(&self, request: Request<pb::WatchJobRequest>) -> Result<Response<EventStream>, Status> {
-        self.1.require(&request, &ADMIN_ROLES, "watch_job")?;
+        self.0.authorize(self.1, &request, &ADMIN_ROLES, "watch_job")?;
         let id = fedcare_wire::job_id(&request.into_inner().job_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
         info!(job = %id.short(), "watch_job");
         if self.0.events_since(&id, 0).is_none() {
@@ -755,13 +899,35 @@ impl pb::admin_service_server::AdminService for AdminApi {
     }
 
     async fn list_sites(&self, request: Request<pb::ListSitesRequest>) -> Result<Response<pb::ListSitesResponse>, Status> {
-        self.1.require(&request, &ADMIN_ROLES, "list_sites")?;
+        self.0.authorize(self.1, &request, &ADMIN_ROLES, "list_sites")?;
         let _span = info_span!("list_sites").entered();
         Ok(Response::new(pb::ListSitesResponse { sites: self.0.sites() }))
     }
 
+    async fn list_jobs(&self, request: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
+        self.0.authorize(self.1, &request, &ADMIN_ROLES, "list_jobs")?;
+        let _span = info_span!("list_jobs").entered();
+        Ok(Response::new(pb::ListJobsResponse { jobs: self.0.list_jobs()? }))
+    }
+
+    async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::GetJobResponse>, Status> {
+        self.0.authorize(self.1, &request, &ADMIN_ROLES, "get_job")?;
+        let id = fedcare_wire::job_id(&request.into_inner().job_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let _span = info_span!("get_job", job = %id.short()).entered();
+        Ok(Response::new(self.0.get_job(&id)?))
+    }
+
+    async fn cancel_job(&self, request: Request<pb::CancelJobRequest>) -> Result<Response<pb::CancelJobResponse>, Status> {
+        let caller = self.0.authorize(self.1, &request, &ADMIN_ROLES, "cancel_job")?;
+        let by = caller.as_ref().map_or_else(|| "unauthenticated (no TLS)".to_owned(), |c| c.urn());
+        let r = request.into_inner();
+        let id = fedcare_wire::job_id(&r.job_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let _span = info_span!("cancel_job", job = %id.short(), %by).entered();
+        Ok(Response::new(pb::CancelJobResponse { summary: Some(self.0.cancel(&id, &by, &r.reason)?) }))
+    }
+
     async fn fetch_model(&self, request: Request<pb::FetchModelRequest>) -> Result<Response<pb::FetchModelResponse>, Status> {
-        self.1.require(&request, &[fedcare_pki::Role::ResearchLead], "fetch_model")?;
+        self.0.authorize(self.1, &request, &[fedcare_pki::Role::ResearchLead], "fetch_model")?;
         let id = fedcare_wire::job_id(&request.into_inner().job_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let _span = info_span!("fetch_model", job = %id.short()).entered();
         Ok(Response::new(self.0.fetch(&id)?))

@@ -8,6 +8,7 @@
 pub mod card;
 pub mod client;
 pub mod coordinator;
+pub mod metrics;
 pub mod report;
 
 use std::future::Future;
@@ -144,15 +145,30 @@ async fn watch_crl(tls: fedcare_pki::ServerTls, path: std::path::PathBuf) {
     }
 }
 
-/// [`bind`] then [`serve_on`], keeping the coordinator's audit log in `audit_log`.
+/// [`bind`] then [`serve_on`], keeping the coordinator's audit log in `audit_log`, and serving
+/// Prometheus metrics on `metrics` if given.
 pub async fn serve(
     addr: SocketAddr,
     state: &Path,
     audit_log: &Path,
     security: Security,
+    metrics: Option<SocketAddr>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let (listener, local, coordinator) = bind(addr, state).await?;
+    let metrics_task = match metrics {
+        Some(addr) => {
+            let (l, local) = metrics::bind_metrics(addr).await.map_err(|source| ServeError::Bind { addr, source })?;
+            tracing::info!(%local, "Prometheus metrics on http://{local}/metrics");
+            let m = coordinator.metrics().clone();
+            Some(tokio::spawn(async move {
+                if let Err(e) = metrics::serve_metrics(l, m, std::future::pending()).await {
+                    tracing::error!(error = %e, "the metrics endpoint stopped");
+                }
+            }))
+        }
+        None => None,
+    };
     let log = fedcare_audit::AuditLog::open(audit_log).map_err(|e| ServeError::Audit { path: audit_log.to_owned(), message: e.to_string() })?;
     tracing::info!(audit_log = %audit_log.display(), entries = log.len(), "coordinator audit log open");
     coordinator.set_audit_log(log);
@@ -164,5 +180,9 @@ pub async fn serve(
             "coordinator listening WITHOUT TLS: anyone who can reach this port can join as any site; for development only"
         ),
     }
-    serve_on(listener, coordinator, security, shutdown).await
+    let result = serve_on(listener, coordinator, security, shutdown).await;
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
+    result
 }

@@ -6,8 +6,10 @@
 use std::collections::BTreeMap;
 
 use fedcare_job::JobSpec;
-use fedcare_protocol::{EvalCounts, JobOutcome};
+use fedcare_protocol::{Confusion, EvalCounts, JobOutcome};
 use serde::{Deserialize, Serialize};
+
+pub use crate::card::{MIN_REPORTED_N, WORSE_AT_SITE_MARGIN};
 
 /// Held-out metrics over some set of examples.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -18,14 +20,74 @@ pub struct Metrics {
     pub auc: Option<f64>,
     /// Mean binary cross-entropy.
     pub loss: f64,
+    /// Brier score: mean squared error of the predicted probability (calibration and
+    /// sharpness together; 0 is perfect, 0.25 is always predicting 0.5).
+    #[serde(default)]
+    pub brier: Option<f64>,
+    /// Confusion matrix at threshold 0.5.
+    #[serde(default)]
+    pub confusion: Option<Confusion>,
+    /// Reliability: [`CALIBRATION_BINS`] equal bins of predicted probability, with how many
+    /// examples fell in each and how many of them were positive.
+    #[serde(default)]
+    pub calibration: Vec<CalibrationBin>,
+}
+
+/// Bins in a reliability diagram (each groups 10 of the sites' 100 histogram bins).
+pub const CALIBRATION_BINS: usize = 10;
+
+/// One bin of a reliability diagram: predictions in `[lo, hi)` (the last bin includes 1).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CalibrationBin {
+    pub lo: f64,
+    pub hi: f64,
+    pub n: u64,
+    pub positives: u64,
+}
+
+impl CalibrationBin {
+    /// Observed fraction positive; `None` for an empty bin.
+    pub fn observed(&self) -> Option<f64> {
+        (self.n > 0).then(|| self.positives as f64 / self.n as f64)
+    }
 }
 
 impl Metrics {
     /// `None` for zero examples: there is no accuracy of nothing (and JSON has no NaN). `auc`
     /// is a site's exact AUC, or for pooled figures the AUC from the merged histograms.
     pub fn from_counts(c: &EvalCounts, auc: Option<f64>) -> Option<Metrics> {
-        (c.n > 0).then(|| Metrics { n: c.n, accuracy: c.accuracy(), auc, loss: c.mean_loss() })
+        (c.n > 0).then(|| Metrics {
+            n: c.n,
+            accuracy: c.accuracy(),
+            auc,
+            loss: c.mean_loss(),
+            brier: Some(c.brier()),
+            confusion: Some(c.confusion()),
+            calibration: calibration(c),
+        })
     }
+}
+
+/// Groups the 100 score bins into [`CALIBRATION_BINS`] reliability bins (empty if the
+/// histograms are not the expected size).
+fn calibration(c: &EvalCounts) -> Vec<CalibrationBin> {
+    let per = c.pos_hist.len() / CALIBRATION_BINS;
+    if per == 0 || c.pos_hist.len() != c.neg_hist.len() || !c.pos_hist.len().is_multiple_of(CALIBRATION_BINS) {
+        return Vec::new();
+    }
+    (0..CALIBRATION_BINS)
+        .map(|b| {
+            let range = b * per..(b + 1) * per;
+            let positives: u64 = c.pos_hist[range.clone()].iter().sum();
+            let negatives: u64 = c.neg_hist[range].iter().sum();
+            CalibrationBin {
+                lo: b as f64 / CALIBRATION_BINS as f64,
+                hi: (b + 1) as f64 / CALIBRATION_BINS as f64,
+                n: positives + negatives,
+                positives,
+            }
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -36,6 +98,9 @@ pub struct RoundSummary {
     pub train_loss: Option<f64>,
     /// The new global model on the union of the sites' test splits (`None` if no site evaluated).
     pub eval: Option<Metrics>,
+    /// The new global model on each site's own test split (AUC exact, computed at the site).
+    #[serde(default)]
+    pub site_eval: BTreeMap<String, Metrics>,
     pub duration_ms: u64,
 }
 
@@ -102,6 +167,11 @@ impl Report {
                 sites: r.sites.iter().map(|s| s.to_string()).collect(),
                 train_loss: r.train_loss,
                 eval: Metrics::from_counts(&r.eval, r.eval.auc()),
+                site_eval: r
+                    .site_eval
+                    .iter()
+                    .filter_map(|(site, e)| Some((site.to_string(), Metrics::from_counts(&e.counts, e.auc)?)))
+                    .collect(),
                 duration_ms: r.finished_ms.saturating_sub(r.started_ms),
             })
             .collect();
@@ -138,6 +208,33 @@ impl Report {
             pooled_reference: None,
             site_audit_heads: BTreeMap::new(),
         }
+    }
+
+    /// One line per site where the final model does noticeably worse than over all sites
+    /// (accuracy or AUC more than [`WORSE_AT_SITE_MARGIN`] below the federated figure): a
+    /// model must be checked across populations, not only on average. Sites with fewer than
+    /// [`MIN_REPORTED_N`] test examples are not compared (their figures are suppressed).
+    pub fn site_warnings(&self) -> Vec<String> {
+        let Some(fed) = self.federated.as_ref().filter(|f| f.n >= MIN_REPORTED_N) else { return Vec::new() };
+        let mut warnings = Vec::new();
+        for s in &self.sites {
+            let Some(m) = s.test.as_ref().filter(|m| m.n >= MIN_REPORTED_N) else { continue };
+            if fed.accuracy - m.accuracy > WORSE_AT_SITE_MARGIN {
+                warnings.push(format!(
+                    "Performs worse at site {} (accuracy {:.3} against {:.3} over all sites): check before use there.",
+                    s.site, m.accuracy, fed.accuracy
+                ));
+            }
+            if let (Some(fa), Some(sa)) = (fed.auc, m.auc)
+                && fa - sa > WORSE_AT_SITE_MARGIN
+            {
+                warnings.push(format!(
+                    "Ranks patients worse at site {} (ROC AUC {:.3} against {:.3} over all sites): check before use there.",
+                    s.site, sa, fa
+                ));
+            }
+        }
+        warnings
     }
 
     /// The table printed at the end of a run.
@@ -201,6 +298,16 @@ impl Report {
     }
 }
 
+/// Most points kept in [`PrivacyReport::epsilon_by_round`] (each costs one accountant run).
+pub const EPSILON_POINTS: u32 = 100;
+
+/// Epsilon spent once `round` rounds were done.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct EpsilonPoint {
+    pub round: u32,
+    pub epsilon: f64,
+}
+
 /// The privacy a job spent, as the coordinator computes it from the spec alone (each site
 /// computes the same figures for its own ledger; a site that missed rounds spent less).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -221,6 +328,10 @@ pub struct PrivacyReport {
     pub clip_norm: Option<f64>,
     /// Rounds charged.
     pub rounds_charged: u32,
+    /// Epsilon spent after each completed round (statistics step included), for the plot of
+    /// spend over time; at most [`EPSILON_POINTS`] rounds, evenly spread, for long jobs.
+    #[serde(default)]
+    pub epsilon_by_round: Vec<EpsilonPoint>,
     /// The guarantee in words, including its limits.
     pub statement: String,
     /// Each site's own ledger total for this job, where known (in simulation the ledgers are
@@ -241,6 +352,7 @@ impl PrivacyReport {
             stats_noise_multiplier: None,
             clip_norm: None,
             rounds_charged: 0,
+            epsilon_by_round: Vec::new(),
             statement,
             site_ledgers: BTreeMap::new(),
         };
@@ -249,9 +361,17 @@ impl PrivacyReport {
             Ok(None) => return none("no differential privacy: the model and the metrics are not protected against what they reveal about a patient or a site".into()),
             Err(e) => return none(format!("the job's privacy plan could not be computed: {e}")),
         };
-        let mut charges: Vec<fedcare_privacy::Charge> = plan.stats.iter().cloned().collect();
-        charges.extend(std::iter::repeat_n(plan.per_round.clone(), rounds_done as usize));
-        let spent = fedcare_privacy::epsilon_of(&charges, plan.delta).map(|(e, _)| e).ok();
+        let spent_after = |rounds: u32| {
+            let mut charges: Vec<fedcare_privacy::Charge> = plan.stats.iter().cloned().collect();
+            charges.extend(std::iter::repeat_n(plan.per_round.clone(), rounds as usize));
+            fedcare_privacy::epsilon_of(&charges, plan.delta).map(|(e, _)| e).ok()
+        };
+        let spent = spent_after(rounds_done);
+        let step = rounds_done.div_ceil(EPSILON_POINTS).max(1);
+        let epsilon_by_round = (1..=rounds_done)
+            .filter(|r| r % step == 0 || *r == rounds_done)
+            .filter_map(|round| Some(EpsilonPoint { round, epsilon: spent_after(round)? }))
+            .collect();
         let statement = match plan.mechanism {
             "dp_sgd" => format!(
                 "record-level differential privacy: each site trained with DP-SGD (per-example clipping to {}, Poisson sampling rate {}, \
@@ -285,6 +405,7 @@ impl PrivacyReport {
             },
             clip_norm: Some(plan.clip_norm),
             rounds_charged: rounds_done,
+            epsilon_by_round,
             statement,
             site_ledgers: BTreeMap::new(),
         }
@@ -327,6 +448,11 @@ mod tests {
         c.loss_sum = n as f64 * 0.5;
         c.pos_hist[pos_bin] = n / 2;
         c.neg_hist[neg_bin] = n - n / 2;
+        // Positives predicted positive where their bin says so; the rest of `correct` are
+        // true negatives.
+        c.true_pos = if pos_bin >= 50 { (n / 2).min(correct) } else { 0 };
+        c.false_pos = (n - n / 2) - (correct - c.true_pos);
+        c.sq_err_sum = n as f64 * 0.2;
         c
     }
 
@@ -344,7 +470,7 @@ mod tests {
         let outcome = JobOutcome {
             model: vec![0.0; 16],
             standardization: Standardization { mean: vec![0.0; 15], std: vec![1.0; 15] },
-            rounds: vec![RoundRecord { round: 1, sites: vec![a.clone(), b.clone()], train_loss: Some(0.4), eval: total, started_ms: 5, finished_ms: 25 }],
+            rounds: vec![RoundRecord { round: 1, sites: vec![a.clone(), b.clone()], train_loss: Some(0.4), eval: total, site_eval: BTreeMap::new(), started_ms: 5, finished_ms: 25 }],
             final_eval,
             train_examples: [(a, 20), (b, 60)].into_iter().collect(),
         };

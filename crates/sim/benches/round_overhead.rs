@@ -196,7 +196,8 @@ async fn noop_site(channel: Channel, site_id: String, marks: RoundMarks) -> Resu
                 correct: 1,
                 auc: None,
                 pos_hist: vec![0; HIST_BINS],
-                neg_hist: std::iter::once(1).chain(std::iter::repeat_n(0, HIST_BINS - 1)).collect()
+                neg_hist: std::iter::once(1).chain(std::iter::repeat_n(0, HIST_BINS - 1)).collect(),
+                ..Default::default()
             }),
             Some(T::End(_)) => {
                 marks.mark_end();

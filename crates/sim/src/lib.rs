@@ -103,6 +103,8 @@ pub struct SimResult {
     pub report_path: PathBuf,
     /// `model-card.md` and `model-card.json`, beside the report.
     pub card: fedcare_server::card::CardFiles,
+    /// `report.html` (self-contained) and its figures as SVG files.
+    pub html: fedcare_report_html::Written,
     pub wall: Duration,
 }
 
@@ -268,7 +270,12 @@ pub async fn run(opts: &SimOptions, mut progress: impl FnMut(&Line)) -> Result<S
     let card = fedcare_server::card::ModelCard::from_report(&report)
         .write(out_dir)
         .map_err(|e| SimError::Write { path: e.path, source: e.source })?;
-    Ok(SimResult { report, model_path, report_path, card, wall: started.elapsed() })
+    let html = fedcare_report_html::write(&report, out_dir).map_err(|e| match e {
+        fedcare_report_html::ReportHtmlError::CreateDir { path, source } | fedcare_report_html::ReportHtmlError::Write { path, source } => {
+            SimError::Write { path, source }
+        }
+    })?;
+    Ok(SimResult { report, model_path, report_path, card, html, wall: started.elapsed() })
 }
 
 fn note(progress: &mut impl FnMut(&Line), text: String) {
@@ -318,8 +325,19 @@ pub fn pooled_reference(spec: &JobSpec, sites: &[(fedcare_data::SiteDataConfig, 
     params = out.params;
     let probs = fedcare_models::predict(&spec.model, &params, test.features(), n).map_err(|e| err(&e))?;
     let m = fedcare_models::metrics::evaluate(&probs, test.labels());
+    let counts = fedcare_protocol::EvalCounts {
+        n: m.n,
+        loss_sum: m.loss_sum,
+        correct: m.correct,
+        pos_hist: m.pos_hist,
+        neg_hist: m.neg_hist,
+        sq_err_sum: m.sq_err_sum,
+        true_pos: m.true_pos,
+        false_pos: m.false_pos,
+    };
+    let test = Metrics::from_counts(&counts, m.auc).ok_or_else(|| SimError::Pooled("the union of the test splits is empty".into()))?;
     Ok(PooledReference {
-        test: Metrics { n: m.n, accuracy: m.accuracy(), auc: m.auc, loss: m.mean_loss() },
+        test,
         epochs,
         note: "central training on the union of the sites' training splits, same model, optimiser and seed, \
                evaluated on the union of their test splits"

@@ -87,6 +87,28 @@ pub enum JobStatus {
     Running,
     Finished,
     Failed { reason: String },
+    /// Stopped on request (`reason` names who asked, and why).
+    Cancelled { reason: String },
+}
+
+impl JobStatus {
+    /// The state's name as the admin API and the CLI show it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            JobStatus::Running => "running",
+            JobStatus::Finished => "finished",
+            JobStatus::Failed { .. } => "failed",
+            JobStatus::Cancelled { .. } => "cancelled",
+        }
+    }
+
+    /// Why the job failed or was cancelled (empty otherwise).
+    pub fn reason(&self) -> &str {
+        match self {
+            JobStatus::Failed { reason } | JobStatus::Cancelled { reason } => reason,
+            _ => "",
+        }
+    }
 }
 
 /// A submitted job as the coordinator recorded it.

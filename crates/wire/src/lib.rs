@@ -13,6 +13,7 @@ use fedcare_data::{FeatureSums, Standardization};
 use fedcare_job::JobId;
 use fedcare_proto::v1 as pb;
 use fedcare_protocol::messages::{
+    HIST_BINS,
     EvalCounts, EvalReport, ModelUpdate, ModelVector, Reply, ReplyKind, SecAggRound, SiteId, Task, TaskId, TaskKind,
 };
 use fedcare_secagg::{Graph, Params, RoundSetup, SiteEntry};
@@ -205,6 +206,9 @@ pub fn reply_to_wire(r: &Reply) -> pb::SiteReply {
             auc: e.auc,
             pos_hist: e.counts.pos_hist.clone(),
             neg_hist: e.counts.neg_hist.clone(),
+            sq_err_sum: e.counts.sq_err_sum,
+            true_pos: e.counts.true_pos,
+            false_pos: e.counts.false_pos,
         }),
         ReplyKind::Failed { reason } => Kind::Failed(pb::TaskFailed { reason: reason.clone() }),
         ReplyKind::Keys { round, keys, num_examples } => {
@@ -237,6 +241,12 @@ pub fn reply_from_wire(r: pb::SiteReply) -> Result<Reply, WireError> {
             }
             ReplyKind::Update(ModelUpdate { round: u.round, num_examples: count("update.num_examples", u.num_examples)?, delta: u.delta, train_loss: u.train_loss })
         }
+        Kind::Evaluation(e) if e.pos_hist.len() != HIST_BINS || e.neg_hist.len() != HIST_BINS => {
+            return Err(invalid(
+                "evaluation.pos_hist/neg_hist",
+                format!("histograms must have {HIST_BINS} bins each, got {} and {}", e.pos_hist.len(), e.neg_hist.len()),
+            ));
+        }
         Kind::Evaluation(e) => ReplyKind::Evaluation(EvalReport {
             round: e.round,
             counts: EvalCounts {
@@ -245,6 +255,9 @@ pub fn reply_from_wire(r: pb::SiteReply) -> Result<Reply, WireError> {
                 correct: count("evaluation.correct", e.correct)?,
                 pos_hist: e.pos_hist.into_iter().map(|n| count("evaluation.pos_hist", n)).collect::<Result<_, _>>()?,
                 neg_hist: e.neg_hist.into_iter().map(|n| count("evaluation.neg_hist", n)).collect::<Result<_, _>>()?,
+                sq_err_sum: e.sq_err_sum,
+                true_pos: count("evaluation.true_pos", e.true_pos)?,
+                false_pos: count("evaluation.false_pos", e.false_pos)?,
             },
             auc: e.auc,
         }),

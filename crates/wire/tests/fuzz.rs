@@ -218,7 +218,7 @@ fn reply_kind() -> impl Strategy<Value = pb::site_reply::Kind> {
     use pb::site_reply::Kind;
     // Counts within the wire's limit; larger ones are the `Numbers` mutation's business.
     let n = || 0..=fedcare_wire::MAX_EXAMPLES;
-    let hist = move || prop::collection::vec(n(), 0..110);
+    let hist = move || prop::collection::vec(n(), fedcare_protocol::messages::HIST_BINS);
     prop_oneof![
         (any::<bool>(), "[ -~]{0,40}").prop_map(|(accept, reason)| Kind::Decision(pb::JobDecision { accept, reason })),
         (prop::collection::vec(n(), 0..20), prop::collection::vec(any_f64(), 0..20), prop::collection::vec(any_f64(), 0..20))
@@ -233,7 +233,8 @@ fn reply_kind() -> impl Strategy<Value = pb::site_reply::Kind> {
                 correct,
                 auc,
                 pos_hist,
-                neg_hist
+                neg_hist,
+                ..Default::default()
             })
         ),
         "[ -~]{0,40}".prop_map(|reason| Kind::Failed(pb::TaskFailed { reason })),
@@ -758,13 +759,10 @@ fn corpus_regressions() {
     assert!(decoded > 0, "no corpus file decodes as a task");
 }
 
-/// Known gap (see the fuzz README): the crate's documentation says conversion checks that
-/// "histograms [are] of the right size", but `reply_from_wire` passes `pos_hist`/`neg_hist` of
-/// any length through; only the coordinator's `EvalCounts::validate` refuses them later.
-/// Minimal input: an `Evaluation` reply with `pos_hist = []`, `neg_hist = []`. Ignored until the
-/// conversion checks `HIST_BINS` (or the documentation stops promising it).
+/// Found by fuzzing: `reply_from_wire` once passed histograms of any length through (only the
+/// coordinator's `EvalCounts::validate` refused them later). Minimal input: an `Evaluation`
+/// reply with `pos_hist = []`, `neg_hist = []`.
 #[test]
-#[ignore = "known gap: reply_from_wire does not check histogram sizes, contrary to its docs"]
 fn evaluation_histograms_of_the_wrong_size_are_refused() {
     let reply = pb::SiteReply {
         site_id: "va".into(),
@@ -778,9 +776,11 @@ fn evaluation_histograms_of_the_wrong_size_are_refused() {
             auc: None,
             pos_hist: vec![],
             neg_hist: vec![],
+            ..Default::default()
         })),
     };
-    assert!(reply_from_wire(reply).is_err(), "histograms of 0 bins were accepted");
+    let err = reply_from_wire(reply).expect_err("histograms of 0 bins were accepted");
+    assert!(err.to_string().contains("100 bins"), "{err}");
 }
 
 /// Writes the seed corpus (`tests/fuzz/corpus/wire/seed-*.bin`): one valid message of each
@@ -843,6 +843,7 @@ fn write_seed_corpus() {
                 auc: Some(0.9),
                 pos_hist: hist.clone(),
                 neg_hist: vec![0; 100],
+                ..Default::default()
             }),
         ),
         reply("reply-failed", R::Failed(pb::TaskFailed { reason: "out of memory".into() })),
