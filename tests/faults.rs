@@ -83,3 +83,92 @@ async fn operators_tools_work_health_answers_serving_and_reflection_lists_the_se
     }
     coordinator.stop().await;
 }
+
+/// A site agent killed in the middle of a job (record-level DP, secure aggregation, the
+/// example job) restarts with the same ledger and rejoins that job: it is offered the job
+/// again, re-sends the statistics release its ledger recorded (no new spend), and takes part
+/// in later rounds. Its ledger then holds each (round, stage) once, and its rounds are exactly
+/// the rounds the report lists it in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_agent_restarted_mid_job_rejoins_it_without_spending_twice() {
+    use fedcare_e2e::{SITES, job, site_config};
+    let coordinator = TestCoordinator::start().await;
+    let mut agents = std::collections::BTreeMap::new();
+    let mut configs = std::collections::BTreeMap::new();
+    for site in SITES {
+        let (cfg, base) = site_config(site, &coordinator.url);
+        configs.insert(site, (cfg.clone(), base.clone()));
+        agents.insert(site, coordinator.spawn_agent(cfg, base));
+    }
+    coordinator.wait_for_sites(4).await;
+    let (text, spec) = job(|s| {
+        s.rounds = 12;
+        s.name = "rejoin".into();
+    });
+    let mut admin = fedcare_server::client::AdminClient::connect(&coordinator.url).await.unwrap();
+    let id = admin.submit(&text).await.unwrap();
+    // Kill hungarian once round 2 is done; restart it (same config, same ledger) at once.
+    let url = coordinator.url.clone();
+    let watcher = tokio::spawn(async move {
+        let mut admin = fedcare_server::client::AdminClient::connect(&url).await.unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let report = admin
+            .watch(&id, move |e| {
+                if let Some(fedcare_proto::v1::job_event::Kind::RoundDone(r)) = &e.kind {
+                    let _ = tx.send(r.round);
+                }
+            })
+            .await;
+        (report, rx)
+    });
+    let killed_at = loop {
+        let jobs = admin.jobs().await.unwrap();
+        let done = jobs.first().map_or(0, |j| j.rounds_done);
+        if done >= 2 {
+            break done;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let old = agents.remove("hungarian").unwrap();
+    old.abort();
+    let _ = old.await;
+    // The killed agent's blocking work may hold its ledger's lock a moment longer, as a dying
+    // process would: start the new one as soon as the lock is free.
+    let (cfg, base) = configs["hungarian"].clone();
+    let mut agent = None;
+    for _ in 0..500 {
+        match fedcare_agent::Agent::new(cfg.clone(), base.clone()) {
+            Ok(a) => {
+                agent = Some(a);
+                break;
+            }
+            Err(e) if e.to_string().contains("locked") => tokio::time::sleep(Duration::from_millis(10)).await,
+            Err(e) => panic!("the restarted agent cannot start: {e}"),
+        }
+    }
+    let agent = agent.expect("the killed agent released its ledger within 5 s");
+    let stopped = coordinator.stopped();
+    let _again = tokio::spawn(async move { agent.run(stopped).await.expect("agent runs") });
+    let (report, _rounds) = watcher.await.unwrap();
+    let report = report.expect("the job finishes");
+    assert_eq!(report.rounds.len(), 12);
+    let with_hungarian: Vec<u32> = report.rounds.iter().filter(|r| r.sites.iter().any(|s| s == "hungarian")).map(|r| r.round).collect();
+    let last = *with_hungarian.last().expect("hungarian took part");
+    assert_eq!(last, 12, "hungarian rejoined and was in the last round: {with_hungarian:?} (killed after round {killed_at})");
+    assert!(with_hungarian.len() < 12, "hungarian missed at least the round it was killed in: {with_hungarian:?}");
+    // Its ledger: the statistics once, each round it trained in once, nothing else.
+    let ledger = fedcare_ledger::Ledger::open_read_only(&cfg.privacy.as_ref().unwrap().ledger).unwrap();
+    let entries: Vec<_> = ledger.entries().iter().filter(|e| e.job == spec.id().as_str()).collect();
+    let stats = entries.iter().filter(|e| e.round.is_none()).count();
+    assert_eq!(stats, 1, "the statistics release is recorded once: {entries:#?}");
+    let mut charged: Vec<u32> = entries.iter().filter_map(|e| e.round).collect();
+    let n = charged.len();
+    charged.dedup();
+    assert_eq!(charged.len(), n, "no round is charged twice");
+    // Every round it was counted in was charged (a charged round it dropped out of may not
+    // be in the report: it was killed after recording that round's spend).
+    assert!(with_hungarian.iter().all(|r| charged.contains(r)), "counted {with_hungarian:?}, charged {charged:?}");
+    let ledger_eps = ledger.job_spend(spec.id().as_str()).unwrap().epsilon;
+    assert!(ledger_eps <= report.privacy.epsilon_spent.unwrap() + 1e-9, "a site spends at most the plan");
+    coordinator.stop().await;
+}

@@ -171,6 +171,22 @@ pub struct JobRun {
     /// The job's privacy plan, calibrated once here rather than every round (`None`: no
     /// differential privacy, or a plan that cannot be computed, which a validated spec rules out).
     plan: Option<Arc<fedcare_job::PrivacyPlan>>,
+    /// Former participants that reconnected while the job runs, working their way back in:
+    /// the task they owe (the offer again, then their statistics again), and its deadline.
+    /// Kept apart from `outstanding` so a rejoining site never holds up the current stage.
+    rejoining: BTreeMap<SiteId, (TaskId, u64, Rejoin)>,
+    /// Sites that rejoined and take part again from the next round.
+    rejoined: BTreeSet<SiteId>,
+}
+
+/// Where a reconnected former participant is on its way back into a running job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rejoin {
+    /// Offered the job again (it forgot it when its connection dropped); owes a decision.
+    Offer,
+    /// Accepted; owes its statistics release again (a site re-sends the bytes its ledger
+    /// recorded, so nothing new is spent). The coordinator checks, and does not re-add, them.
+    Stats,
 }
 
 impl JobRun {
@@ -196,6 +212,8 @@ impl JobRun {
             actions: VecDeque::new(),
             noise: None,
             plan,
+            rejoining: BTreeMap::new(),
+            rejoined: BTreeSet::new(),
         }
     }
 
@@ -301,6 +319,9 @@ impl JobRun {
     /// A site is connected and may be offered the job. Offers go out only while recruiting and
     /// once per site. `identity` is the site's long-term public key.
     pub fn site_available(&mut self, site: &SiteId, identity: &[u8], now_ms: u64) {
+        if matches!(self.stage, Stage::Training { .. } | Stage::Evaluating { .. }) {
+            return self.offer_rejoin(site, identity, now_ms);
+        }
         if !matches!(self.stage, Stage::Recruiting) || self.offered.contains(site) {
             return;
         }
@@ -311,11 +332,78 @@ impl JobRun {
         self.send(site, kind, deadline);
     }
 
+    /// A former participant of this running job (it sent its statistics, then left: its
+    /// connection dropped, or its agent restarted) is back: offer it the job again. Once it
+    /// accepts and re-sends its recorded statistics it takes part from the next round.
+    fn offer_rejoin(&mut self, site: &SiteId, identity: &[u8], now_ms: u64) {
+        if !self.train_examples.contains_key(site)
+            || self.participants.contains(site)
+            || self.rejoining.contains_key(site)
+            || self.rejoined.contains(site)
+        {
+            return;
+        }
+        self.identities.insert(site.clone(), identity.to_vec());
+        self.offered.insert(site.clone());
+        let kind = TaskKind::Offer { spec_toml: self.spec_toml.clone() };
+        let deadline = now_ms.saturating_add(self.spec.deadlines.offer_secs.saturating_mul(1000));
+        self.send_rejoin(site, kind, deadline, Rejoin::Offer);
+    }
+
+    fn send_rejoin(&mut self, site: &SiteId, kind: TaskKind, deadline_ms: u64, step: Rejoin) {
+        let id = self.task_id();
+        self.rejoining.insert(site.clone(), (id, deadline_ms, step));
+        self.actions.push_back(Action::Send { site: site.clone(), task: Task { job: self.job.clone(), id, kind } });
+    }
+
+    /// A rejoining site's answer (see [`JobRun::offer_rejoin`]).
+    fn handle_rejoin(&mut self, site: SiteId, step: Rejoin, kind: ReplyKind, now_ms: u64) -> Result<(), ReplyError> {
+        let round = self.current_round();
+        self.rejoining.remove(&site);
+        let refuse = |what: &'static str, reason: String| ReplyError::Refused { site: site.clone(), what, reason };
+        match (step, kind) {
+            (Rejoin::Offer, ReplyKind::Decision { accept: true, .. }) => {
+                let deadline = now_ms.saturating_add(self.spec.deadlines.stage_secs.saturating_mul(1000));
+                self.send_rejoin(&site, TaskKind::Stats, deadline, Rejoin::Stats);
+                Ok(())
+            }
+            (Rejoin::Offer, ReplyKind::Decision { accept: false, reason }) => {
+                self.offered.remove(&site);
+                self.event(JobEvent::SiteRefused { site: site.clone(), round, reason: format!("site declined to rejoin: {reason}") });
+                Ok(())
+            }
+            (Rejoin::Stats, ReplyKind::Stats(sums)) => {
+                // The same release as before (a site's ledger re-sends it byte for byte), so the
+                // same count; anything else is refused and the site stays out.
+                let n = sums.count.iter().copied().max().unwrap_or(0);
+                let width = self.spec.n_features();
+                let expected = self.train_examples.get(&site).copied();
+                if sums.count.len() != width || Some(n) != expected {
+                    self.offered.remove(&site);
+                    let e = refuse("statistics on rejoining", format!("they differ from the site's first release (count {n}, expected {expected:?})"));
+                    self.event(JobEvent::SiteRefused { site: site.clone(), round, reason: e.to_string() });
+                    return Err(e);
+                }
+                self.rejoined.insert(site.clone());
+                self.event(JobEvent::SitesJoined(vec![site]));
+                Ok(())
+            }
+            (_, kind) => {
+                self.offered.remove(&site);
+                let e = refuse("reply while rejoining", format!("a {} reply where a {} was expected", kind.name(), if step == Rejoin::Offer { "decision" } else { "stats" }));
+                self.event(JobEvent::SiteRefused { site: site.clone(), round, reason: e.to_string() });
+                Err(e)
+            }
+        }
+    }
+
     /// A site disconnected: it leaves the job (and the current stage, if it owed a reply).
     pub fn site_lost(&mut self, site: &SiteId, now_ms: u64) {
         if self.is_over() {
             return;
         }
+        self.rejoining.remove(site);
+        self.rejoined.remove(site);
         self.offered.remove(site);
         let was_participant = self.participants.remove(site);
         if self.outstanding.remove(site).is_some() || was_participant {
@@ -327,6 +415,13 @@ impl JobRun {
 
     /// Time passed: sites that missed their stage's deadline leave that stage.
     pub fn tick(&mut self, now_ms: u64) {
+        let late_rejoins: Vec<SiteId> = self.rejoining.iter().filter(|(_, (_, d, _))| *d <= now_ms).map(|(s, _)| s.clone()).collect();
+        for site in late_rejoins {
+            self.rejoining.remove(&site);
+            self.offered.remove(&site);
+            let round = self.current_round();
+            self.event(JobEvent::SiteRefused { site, round, reason: "did not finish rejoining before the deadline".into() });
+        }
         let late: Vec<SiteId> =
             self.outstanding.iter().filter(|(_, (_, deadline))| *deadline <= now_ms).map(|(s, _)| s.clone()).collect();
         if late.is_empty() {
@@ -346,7 +441,7 @@ impl JobRun {
 
     /// The earliest deadline among outstanding tasks, so the driver knows when to call [`tick`](Self::tick).
     pub fn next_deadline(&self) -> Option<u64> {
-        self.outstanding.values().map(|(_, d)| *d).min()
+        self.outstanding.values().map(|(_, d)| *d).chain(self.rejoining.values().map(|(_, d, _)| *d)).min()
     }
 
     /// A site answered a task.
@@ -358,6 +453,11 @@ impl JobRun {
             return Err(ReplyError::WrongJob { expected: self.job.clone(), got: reply.job });
         }
         let site = reply.site;
+        if let Some(&(task, _, step)) = self.rejoining.get(&site)
+            && task == reply.task
+        {
+            return self.handle_rejoin(site, step, reply.kind, now_ms);
+        }
         let Some(&(expected, _)) = self.outstanding.get(&site) else {
             return Err(ReplyError::NotExpected(site));
         };
@@ -764,6 +864,8 @@ impl JobRun {
     }
 
     fn start_round(&mut self, round: u32, now_ms: u64) {
+        let back = std::mem::take(&mut self.rejoined);
+        self.participants.extend(back);
         let quorum = self.spec.round_quorum() as usize;
         if self.participants.len() < quorum {
             return self.fail(format!(

@@ -365,6 +365,73 @@ fn a_site_lost_during_training_leaves_the_round() {
 }
 
 #[test]
+fn a_lost_site_that_comes_back_rejoins_from_the_next_round() {
+    // Site c is lost when round 1's training reaches it; round 1 completes with a and b. When
+    // c reconnects (its agent forgot the job), it is offered the job again, re-sends its
+    // statistics, and takes part from the round after that, with its first-release weight.
+    // It comes back during round 1's evaluation; round 2 has already started by the time it
+    // has re-sent its statistics, so it is in from round 3.
+    let mut h = Harness::new(4, 3, 2, &[("a", 10, 1.0), ("b", 10, 1.0), ("c", 20, 4.0)]);
+    h.offer_all();
+    let mut lost = false;
+    let mut back = false;
+    h.run_until_quiet(|h, to, task| {
+        if to.as_str() == "c" && matches!(task.kind, TaskKind::Train { round: 1, .. }) && !lost {
+            lost = true;
+            h.run.site_lost(to, 0);
+            return Delivery::Drop;
+        }
+        // Once round 1 is evaluated, c's agent reconnects with a fresh session.
+        if lost && !back && matches!(task.kind, TaskKind::Eval { round: 1, .. }) {
+            back = true;
+            let c = site("c");
+            let mut fresh = SiteSession::new(c.clone(), digest, identity("c"));
+            fresh.forget_unfinished();
+            h.sites.insert(c.clone(), fresh);
+            h.run.site_available(&c, &identity("c"), h.now);
+        }
+        Delivery::Honest
+    });
+    let outcome = h.outcome.take().expect("job ended").expect("job succeeded");
+    let sites: Vec<usize> = outcome.rounds.iter().map(|r| r.sites.len()).collect();
+    assert_eq!(sites, vec![2, 2, 3, 3], "c is out of rounds 1 and 2 and back from round 3");
+    // Rounds 1-2 move by 1.0; rounds 3-4 by (10 + 10 + 20 * 4) / 40 = 2.5: 2 + 5 = 7.
+    assert!(outcome.model.iter().all(|v| (v - 7.0).abs() < 1e-5), "{:?}", outcome.model);
+    assert!(h.events.iter().any(|e| matches!(e, JobEvent::SitesJoined(s) if s == &vec![site("c")])));
+    // Its weight stayed the one from its first statistics release.
+    assert_eq!(outcome.train_examples[&site("c")], 20);
+}
+
+#[test]
+fn a_rejoining_site_with_other_statistics_stays_out() {
+    let mut h = Harness::new(3, 3, 2, &[("a", 10, 1.0), ("b", 10, 1.0), ("c", 20, 4.0)]);
+    h.offer_all();
+    let mut lost = false;
+    let mut back = false;
+    h.run_until_quiet(|h, to, task| {
+        if to.as_str() == "c" && matches!(task.kind, TaskKind::Train { round: 1, .. }) && !lost {
+            lost = true;
+            h.run.site_lost(to, 0);
+            return Delivery::Drop;
+        }
+        if lost && !back && matches!(task.kind, TaskKind::Eval { round: 1, .. }) {
+            back = true;
+            let c = site("c");
+            h.sites.insert(c.clone(), SiteSession::new(c.clone(), digest, identity("c")));
+            h.run.site_available(&c, &identity("c"), h.now);
+        }
+        // The returning agent claims a different count this time.
+        if back && to.as_str() == "c" && matches!(task.kind, TaskKind::Stats) {
+            return Delivery::Replace(ReplyKind::Stats(FeatureSums { count: vec![25; 15], sum: vec![25.0; 15], sum_sq: vec![50.0; 15] }));
+        }
+        Delivery::Honest
+    });
+    let outcome = h.outcome.take().expect("job ended").expect("job succeeded");
+    assert!(outcome.rounds.iter().all(|r| r.sites.len() == 2), "c never came back");
+    assert!(h.events.iter().any(|e| matches!(e, JobEvent::SiteRefused { site: s, reason, .. } if s == &site("c") && reason.contains("differ from the site's first release"))));
+}
+
+#[test]
 fn recruiting_waits_for_enough_sites() {
     let mut h = Harness::new(1, 3, 3, &[("a", 10, 1.0), ("b", 10, 1.0), ("c", 10, 1.0)]);
     h.run.site_available(&site("a"), &identity("a"), 0);
