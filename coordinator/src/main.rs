@@ -309,6 +309,8 @@ enum PkiCommand {
     List {
         #[arg(long)]
         ca: PathBuf,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
     },
 }
 
@@ -415,7 +417,23 @@ fn pki(command: PkiCommand) -> Result<()> {
                 ca.join(fedcare_pki::CRL_FILE).display()
             );
         }
-        PkiCommand::List { ca } => {
+        PkiCommand::List { ca, output: Output::Json } => {
+            let issued: Vec<serde_json::Value> = fedcare_pki::list_issued(&ca)?
+                .into_iter()
+                .map(|i| {
+                    let not_after_ms = i.not_after.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+                    serde_json::json!({
+                        "serial": i.serial.to_string(),
+                        "identity": i.identity.to_string(),
+                        "not_after": lead::utc(not_after_ms),
+                        "expired": i.not_after < std::time::SystemTime::now(),
+                        "revoked": i.revoked,
+                    })
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&issued)?);
+        }
+        PkiCommand::List { ca, output: Output::Text } => {
             let now = std::time::SystemTime::now();
             for i in fedcare_pki::list_issued(&ca)? {
                 let validity = match i.not_after.duration_since(now) {

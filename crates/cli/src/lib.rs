@@ -50,6 +50,7 @@ pub fn init_logging(global: &GlobalArgs, default: &str) {
 /// Runs `main` on a multi-threaded runtime. An error is printed as its chain of causes on one
 /// line ("what failed: because: because") for a hospital IT person, not a developer.
 pub fn run_main<F: Future<Output = anyhow::Result<()>>>(main: F) -> ExitCode {
+    restore_sigpipe();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -66,11 +67,30 @@ pub fn run_main<F: Future<Output = anyhow::Result<()>>>(main: F) -> ExitCode {
     }
 }
 
+/// Rust ignores SIGPIPE, so printing into a closed pipe (`coordinator audit show | head`)
+/// would panic with "failed printing to stdout". Command-line tools end quietly instead, as
+/// `cat` does: restore the default action.
+fn restore_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: called once at start-up, before any thread is spawned; setting a signal's
+    // disposition to its default has no other effect on this process.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// Completes on Ctrl-C; if the handler cannot be installed, never (run until killed).
 pub async fn shutdown_signal() {
     if tokio::signal::ctrl_c().await.is_err() {
         std::future::pending::<()>().await;
     }
+}
+
+/// How a read command prints: for people, or one JSON document (or object per line) for scripts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
 }
 
 /// `audit verify|show`: the same for the coordinator's log and a site's.
@@ -82,11 +102,18 @@ pub enum AuditCommand {
         /// The audit log file.
         #[arg(long)]
         log: std::path::PathBuf,
+        /// text, or json: {"log", "entries", "intact", "head"}.
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
     },
     /// Print the entries of a verified log, one per line.
     Show {
         #[arg(long)]
         log: std::path::PathBuf,
+        /// text, or json: each whole entry (seq, time, prev, event, hash) as one JSON object
+        /// per line.
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
     },
 }
 
@@ -94,15 +121,26 @@ pub enum AuditCommand {
 pub fn run_audit(command: AuditCommand) -> anyhow::Result<()> {
     use anyhow::Context;
     match command {
-        AuditCommand::Verify { log } => {
+        AuditCommand::Verify { log, output } => {
             let report = fedcare_audit::verify(&log).with_context(|| format!("audit log {} does not verify", log.display()))?;
-            println!("{}: {} entries, intact", log.display(), report.entries);
-            println!("head: {}", report.head.as_deref().unwrap_or("(empty log)"));
+            match output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::json!({ "log": log.display().to_string(), "entries": report.entries, "intact": true, "head": report.head })
+                ),
+                Output::Text => {
+                    println!("{}: {} entries, intact", log.display(), report.entries);
+                    println!("head: {}", report.head.as_deref().unwrap_or("(empty log)"));
+                }
+            }
         }
-        AuditCommand::Show { log } => {
+        AuditCommand::Show { log, output } => {
             let entries = fedcare_audit::read_verified(&log).with_context(|| format!("audit log {} does not verify", log.display()))?;
             for e in entries {
-                println!("{:>6} {} {}", e.seq, e.time_unix_ms, serde_json::to_string(&e.event).unwrap_or_default());
+                match output {
+                    Output::Json => println!("{}", serde_json::to_string(&e).context("cannot encode an entry")?),
+                    Output::Text => println!("{:>6} {} {}", e.seq, lead::utc(e.time_unix_ms), serde_json::to_string(&e.event).unwrap_or_default()),
+                }
             }
         }
     }
