@@ -75,7 +75,7 @@ fn normalize_json(v: &mut Value) {
     match v {
         Value::Object(map) => {
             for (k, val) in map.iter_mut() {
-                if matches!(k.as_str(), "submitted" | "submitted_unix_ms" | "duration_ms" | "elapsed_ms") && !val.is_null() {
+                if matches!(k.as_str(), "submitted" | "submitted_unix_ms" | "duration_ms" | "elapsed_ms" | "finished") && !val.is_null() {
                     *val = Value::String("<varies>".into());
                 } else {
                     normalize_json(val);

@@ -79,10 +79,28 @@ fn restore_sigpipe() {
     }
 }
 
-/// Completes on Ctrl-C; if the handler cannot be installed, never (run until killed).
+/// Completes on Ctrl-C (SIGINT) or, on Unix, SIGTERM (what `docker stop`, Kubernetes and
+/// systemd send); a handler that cannot be installed never fires (run until killed).
 pub async fn shutdown_signal() {
-    if tokio::signal::ctrl_c().await.is_err() {
-        std::future::pending::<()>().await;
+    let interrupt = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
     }
 }
 

@@ -96,6 +96,8 @@ fn report() -> Report {
             note: "trained centrally".into(),
         }),
         site_audit_heads: BTreeMap::new(),
+        finished: Some("2026-11-26T12:00:00Z".into()),
+        mutual_tls: Some(true),
         spec,
     }
 }

@@ -259,7 +259,7 @@ impl ModelCard {
             in_plain_words: privacy_in_words(report),
             statement: p.statement.clone(),
             secure_aggregation: spec.secure_aggregation.enabled,
-            mutual_tls: None,
+            mutual_tls: report.mutual_tls,
         };
         let sites: Vec<CardSite> = report
             .sites
@@ -274,7 +274,7 @@ impl ModelCard {
                 description: spec.description.clone(),
                 job_id: report.job_id.clone(),
                 code_version: report.code_version.clone(),
-                date: None,
+                date: report.finished.clone(),
             },
             model,
             intended_use,
@@ -580,6 +580,11 @@ mod tests {
         assert_eq!(card.job.code_version, report.code_version);
         assert_eq!(card.job.description, report.spec.description);
         assert_eq!(card.job.date, None, "the report has no date; the card invents none");
+        let mut dated = report.clone();
+        dated.finished = Some("2026-11-26T12:00:00Z".into());
+        dated.mutual_tls = Some(true);
+        let dated = ModelCard::from_report(&dated);
+        assert_eq!((dated.job.date.as_deref(), dated.privacy.mutual_tls), (Some("2026-11-26T12:00:00Z"), Some(true)));
         assert_eq!(card.model.kind, "logistic_regression");
         assert_eq!(card.model.parameters, report.parameters);
         assert_eq!(card.model.rounds_planned, report.spec.rounds);

@@ -123,6 +123,9 @@ struct Inner {
     /// The coordinator's own tamper-evident log (see [`Coordinator::set_audit_log`]).
     audit: Mutex<Option<fedcare_audit::AuditLog>>,
     metrics: crate::metrics::Metrics,
+    /// Whether the server serving this coordinator requires mutual TLS (set by `serve_on`;
+    /// `None` for a coordinator driven without a server, as in unit tests).
+    mutual_tls: Mutex<Option<bool>>,
 }
 
 /// The coordinator's shared state; cheap to clone into each service.
@@ -171,6 +174,7 @@ impl Coordinator {
                 state: Mutex::new(State { sites: BTreeMap::new(), lost: BTreeMap::new(), jobs: resumed, next_conn: 1 }),
                 audit: Mutex::new(None),
                 metrics,
+                mutual_tls: Mutex::new(None),
             }),
         })
     }
@@ -182,6 +186,11 @@ impl Coordinator {
     /// started, a site not connected) or the job fails: nothing happens unrecorded.
     pub fn set_audit_log(&self, log: fedcare_audit::AuditLog) {
         *self.inner.audit.lock().unwrap_or_else(|p| p.into_inner()) = Some(log);
+    }
+
+    /// Records how connections are secured, for the reports of jobs it finishes.
+    pub fn set_mutual_tls(&self, on: bool) {
+        *self.inner.mutual_tls.lock().unwrap_or_else(|p| p.into_inner()) = Some(on);
     }
 
     /// The coordinator's Prometheus metrics (serve them with [`crate::metrics::serve_metrics`]).
@@ -509,7 +518,9 @@ impl Coordinator {
     fn finish(&self, job: &JobEntry, outcome: &JobOutcome) -> Result<String, String> {
         let params = FlatParams::new(job.layout.clone(), outcome.model.clone()).map_err(|e| format!("final model invalid: {e}"))?;
         let bytes = fedcare_models::to_bytes(&job.spec.model, &params).map_err(|e| format!("could not encode the model: {e}"))?;
-        let report = Report::build(&job.spec, outcome, &job.layout.digest());
+        let mut report = Report::build(&job.spec, outcome, &job.layout.digest());
+        report.finished = Some(rfc3339_now());
+        report.mutual_tls = *self.inner.mutual_tls.lock().unwrap_or_else(|p| p.into_inner());
         let json = serde_json::to_string_pretty(&report).map_err(|e| format!("could not encode the report: {e}"))?;
         self.audit(fedcare_audit::AuditEvent::ModelReleased {
             job_id: job.run.id().to_string(),
@@ -691,6 +702,15 @@ impl Coordinator {
         let rec = self.record(id)?;
         Ok(self.summary(&rec, &self.rounds_of(id.as_str())?))
     }
+}
+
+/// Now as RFC 3339 in UTC, to the second.
+fn rfc3339_now() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    now.replace_nanosecond(0)
+        .unwrap_or(now)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| now.unix_timestamp().to_string())
 }
 
 /// New events, whether the job is over, and a receiver that changes when more arrive.

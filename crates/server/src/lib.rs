@@ -75,6 +75,7 @@ pub async fn serve_on(
         Security::MutualTls { .. } => Auth::MutualTls,
         Security::Plaintext => Auth::Plaintext,
     };
+    coordinator.set_mutual_tls(auth == Auth::MutualTls);
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<pb::site_service_server::SiteServiceServer<SiteApi>>().await;
     health.set_serving::<pb::admin_service_server::AdminServiceServer<AdminApi>>().await;

@@ -155,6 +155,12 @@ pub struct Report {
     /// logs are local; otherwise sites export theirs).
     #[serde(default)]
     pub site_audit_heads: BTreeMap<String, String>,
+    /// When the job finished (RFC 3339, UTC), as the coordinator's clock says.
+    #[serde(default)]
+    pub finished: Option<String>,
+    /// Whether every connection of the job was mutual TLS (`None`: not recorded).
+    #[serde(default)]
+    pub mutual_tls: Option<bool>,
 }
 
 impl Report {
@@ -207,6 +213,8 @@ impl Report {
             },
             pooled_reference: None,
             site_audit_heads: BTreeMap::new(),
+            finished: None,
+            mutual_tls: None,
         }
     }
 
