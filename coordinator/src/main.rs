@@ -549,7 +549,10 @@ async fn run(cli: Cli) -> Result<()> {
             }
             println!("SERVING");
         }
-        Command::Pki { command } => pki(command)?,
+        Command::Pki { command } => {
+            fedcare_cli::restore_sigpipe();
+            pki(command)?
+        }
         Command::Simulate { example, rounds, out, no_pooled_reference, no_secure_aggregation, no_mtls, epsilon, no_privacy } => {
             fedcare_cli::init_logging(&cli.global, "warn");
             let opts = fedcare_sim::SimOptions {

@@ -50,7 +50,6 @@ pub fn init_logging(global: &GlobalArgs, default: &str) {
 /// Runs `main` on a multi-threaded runtime. An error is printed as its chain of causes on one
 /// line ("what failed: because: because") for a hospital IT person, not a developer.
 pub fn run_main<F: Future<Output = anyhow::Result<()>>>(main: F) -> ExitCode {
-    restore_sigpipe();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -68,9 +67,13 @@ pub fn run_main<F: Future<Output = anyhow::Result<()>>>(main: F) -> ExitCode {
 }
 
 /// Rust ignores SIGPIPE, so printing into a closed pipe (`coordinator audit show | head`)
-/// would panic with "failed printing to stdout". Command-line tools end quietly instead, as
-/// `cat` does: restore the default action.
-fn restore_sigpipe() {
+/// would panic with "failed printing to stdout". For commands that only read local files and
+/// print, end quietly instead, as `cat` does: restore the default action.
+///
+/// Never call it in a command that opens network connections: a peer that goes away while
+/// hyper writes with `writev` (which has no MSG_NOSIGNAL) would then kill the process
+/// silently instead of returning an error the agent recovers from.
+pub fn restore_sigpipe() {
     #[cfg(unix)]
     // SAFETY: called once at start-up, before any thread is spawned; setting a signal's
     // disposition to its default has no other effect on this process.
@@ -135,8 +138,10 @@ pub enum AuditCommand {
     },
 }
 
-/// Runs an [`AuditCommand`], printing to stdout.
+/// Runs an [`AuditCommand`], printing to stdout (local files only: a closed pipe ends it
+/// quietly).
 pub fn run_audit(command: AuditCommand) -> anyhow::Result<()> {
+    restore_sigpipe();
     use anyhow::Context;
     match command {
         AuditCommand::Verify { log, output } => {
