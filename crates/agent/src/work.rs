@@ -253,17 +253,8 @@ impl Worker {
                         let probs = fedcare_models::predict(&spec.model, &params, test.features(), test.n_features())
                             .map_err(|e| format!("prediction failed: {e}"))?;
                         let m = metrics::evaluate(&probs, test.labels());
-                        let counts = EvalCounts {
-                            n: m.n,
-                            loss_sum: m.loss_sum,
-                            correct: m.correct,
-                            pos_hist: m.pos_hist,
-                            neg_hist: m.neg_hist,
-                            sq_err_sum: m.sq_err_sum,
-                            true_pos: m.true_pos,
-                            false_pos: m.false_pos,
-                        };
-                        Ok(EvalReport { round, counts, auc: m.auc })
+                        let auc = m.auc;
+                        Ok(EvalReport { round, counts: EvalCounts::from(m), auc })
                     })
                     .await;
                 Some(match result {

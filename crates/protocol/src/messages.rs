@@ -131,6 +131,22 @@ pub struct EvalCounts {
     pub false_pos: u64,
 }
 
+/// A site's evaluation as the counts it sends (the exact AUC travels beside them).
+impl From<fedcare_models::metrics::Metrics> for EvalCounts {
+    fn from(m: fedcare_models::metrics::Metrics) -> EvalCounts {
+        EvalCounts {
+            n: m.n,
+            loss_sum: m.loss_sum,
+            correct: m.correct,
+            pos_hist: m.pos_hist,
+            neg_hist: m.neg_hist,
+            sq_err_sum: m.sq_err_sum,
+            true_pos: m.true_pos,
+            false_pos: m.false_pos,
+        }
+    }
+}
+
 /// The confusion matrix at threshold 0.5, from [`EvalCounts`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Confusion {

@@ -325,17 +325,8 @@ pub fn pooled_reference(spec: &JobSpec, sites: &[(fedcare_data::SiteDataConfig, 
     params = out.params;
     let probs = fedcare_models::predict(&spec.model, &params, test.features(), n).map_err(|e| err(&e))?;
     let m = fedcare_models::metrics::evaluate(&probs, test.labels());
-    let counts = fedcare_protocol::EvalCounts {
-        n: m.n,
-        loss_sum: m.loss_sum,
-        correct: m.correct,
-        pos_hist: m.pos_hist,
-        neg_hist: m.neg_hist,
-        sq_err_sum: m.sq_err_sum,
-        true_pos: m.true_pos,
-        false_pos: m.false_pos,
-    };
-    let test = Metrics::from_counts(&counts, m.auc).ok_or_else(|| SimError::Pooled("the union of the test splits is empty".into()))?;
+    let auc = m.auc;
+    let test = Metrics::from_counts(&fedcare_protocol::EvalCounts::from(m), auc).ok_or_else(|| SimError::Pooled("the union of the test splits is empty".into()))?;
     Ok(PooledReference {
         test,
         epochs,
