@@ -127,7 +127,9 @@ enum Stage {
     /// Local training and aggregation: plain FedAvg of the updates, or with `secure`, the four
     /// SecAgg+ exchanges after which only the sum is known.
     Training { round: u32, agg: FedAvg, sites: Vec<SiteId>, started_ms: u64, secure: Option<Box<SecureRound>> },
-    Evaluating { round: u32, counts: EvalCounts, record: RoundRecord },
+    /// The round's sites evaluate the new model; their reports gather in `last_eval` and are
+    /// summed in site order when the stage ends.
+    Evaluating { round: u32, record: RoundRecord },
     Over,
 }
 
@@ -592,7 +594,7 @@ impl JobRun {
                 sites.push(site.clone());
                 Ok(())
             }
-            (Stage::Evaluating { round, counts, .. }, ReplyKind::Evaluation(report)) => {
+            (Stage::Evaluating { round, .. }, ReplyKind::Evaluation(report)) => {
                 if report.round != *round {
                     return Err(refuse("evaluation", format!("it is for round {}, not {round}", report.round)));
                 }
@@ -604,7 +606,6 @@ impl JobRun {
                     && !(0.0..=1.0).contains(&auc) {
                         return Err(refuse("evaluation", format!("AUC {auc} outside [0, 1]")));
                     }
-                counts.add(&report.counts);
                 self.last_eval.insert(site.clone(), report);
                 Ok(())
             }
@@ -694,7 +695,7 @@ impl JobRun {
                 }
                 self.start_eval(round, model, sites, agg.mean_train_loss(), started_ms, now_ms);
             }
-            Stage::Evaluating { round, counts: _, mut record } => {
+            Stage::Evaluating { round, mut record } => {
                 record.site_eval = self
                     .last_eval
                     .iter()
@@ -730,7 +731,7 @@ impl JobRun {
         self.model = Arc::new(model);
         let train_loss = (self.spec.privacy.unit == fedcare_job::PrivacyUnit::None).then_some(train_loss);
         let record = RoundRecord { round, sites, train_loss, eval: EvalCounts::zero(), site_eval: BTreeMap::new(), started_ms, finished_ms: now_ms };
-        self.stage = Stage::Evaluating { round, counts: EvalCounts::zero(), record };
+        self.stage = Stage::Evaluating { round, record };
         let task = |s: &Self| TaskKind::Eval { round, model: s.model_vector(), standardization: s.std() };
         self.send_to_participants(task, now_ms);
     }
