@@ -11,17 +11,7 @@ use fedcare_proto::v1 as pb;
 use fedcare_server::report::{MIN_REPORTED_N, Metrics, Report};
 use serde_json::{Value, json};
 
-/// `2026-11-26T12:34:56Z` (UTC, seconds), or `-` for 0 (unknown).
-pub fn utc(unix_ms: u64) -> String {
-    if unix_ms == 0 {
-        return "-".to_owned();
-    }
-    let secs = (unix_ms / 1000) as i64;
-    time::OffsetDateTime::from_unix_timestamp(secs)
-        .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-        .unwrap_or_else(|| format!("@{secs}"))
-}
+pub use fedcare_server::report::utc;
 
 fn short(id: &str) -> &str {
     &id[..id.len().min(12)]

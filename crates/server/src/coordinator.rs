@@ -519,7 +519,7 @@ impl Coordinator {
         let params = FlatParams::new(job.layout.clone(), outcome.model.clone()).map_err(|e| format!("final model invalid: {e}"))?;
         let bytes = fedcare_models::to_bytes(&job.spec.model, &params).map_err(|e| format!("could not encode the model: {e}"))?;
         let mut report = Report::build(&job.spec, outcome, &job.layout.digest());
-        report.finished = Some(rfc3339_now());
+        report.finished = Some(crate::report::utc(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)));
         report.mutual_tls = *self.inner.mutual_tls.lock().unwrap_or_else(|p| p.into_inner());
         let json = serde_json::to_string_pretty(&report).map_err(|e| format!("could not encode the report: {e}"))?;
         self.audit(fedcare_audit::AuditEvent::ModelReleased {
@@ -702,15 +702,6 @@ impl Coordinator {
         let rec = self.record(id)?;
         Ok(self.summary(&rec, &self.rounds_of(id.as_str())?))
     }
-}
-
-/// Now as RFC 3339 in UTC, to the second.
-fn rfc3339_now() -> String {
-    let now = time::OffsetDateTime::now_utc();
-    now.replace_nanosecond(0)
-        .unwrap_or(now)
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| now.unix_timestamp().to_string())
 }
 
 /// New events, whether the job is over, and a receiver that changes when more arrive.

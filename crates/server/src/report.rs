@@ -434,6 +434,19 @@ fn protection(spec: &JobSpec) -> String {
     }
 }
 
+/// `2026-11-26T12:34:56Z` (RFC 3339, UTC, seconds), or `-` for 0 (unknown): how reports and
+/// the command line show a time.
+pub fn utc(unix_ms: u64) -> String {
+    if unix_ms == 0 {
+        return "-".to_owned();
+    }
+    let secs = (unix_ms / 1000) as i64;
+    time::OffsetDateTime::from_unix_timestamp(secs)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| format!("@{secs}"))
+}
+
 /// The report as pretty JSON (the form written to `report.json`).
 pub fn to_json(report: &Report) -> Result<String, serde_json::Error> {
     serde_json::to_string_pretty(report)
