@@ -9,7 +9,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
 use fedcare_e2e::{SITES, TestCoordinator, binary, job};
 use serde_json::Value;
@@ -249,6 +248,5 @@ async fn research_lead_commands_show_jobs_rounds_and_results_and_cancel() {
     .await
     .expect("joins");
     assert!(unknown.contains("no job id starts with \"ffffffff\""), "{unknown}");
-    tokio::time::sleep(Duration::from_millis(10)).await;
     coordinator_srv.stop().await;
 }
