@@ -334,3 +334,202 @@ fn site_agent_audit_verify_names_the_tampered_entry() {
     assert!(!ok);
     assert!(stderr.contains("line 3"), "{stderr}");
 }
+
+/// Starts the four example sites' agents in this process, dialling `url`; they stop when the
+/// returned sender sends `true` (or is dropped with the test).
+fn spawn_example_sites(url: &str) -> tokio::sync::watch::Sender<bool> {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    for site in SITES {
+        let (cfg, base) = fedcare_e2e::site_config(site, url);
+        let agent = fedcare_agent::Agent::new(cfg, base).expect("agent config valid");
+        let mut stopped = stopped.clone();
+        tokio::spawn(async move {
+            let _ = agent
+                .run(async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                })
+                .await;
+        });
+    }
+    stop
+}
+
+/// An admin client of the coordinator at `url`, once `n` sites are connected to it.
+async fn admin_once_sites_connect(url: &str, n: usize) -> fedcare_server::client::AdminClient {
+    let started = Instant::now();
+    loop {
+        if let Ok(mut a) = fedcare_server::client::AdminClient::connect(url).await
+            && a.sites().await.is_ok_and(|s| s.iter().filter(|s| s.connected).count() == n)
+        {
+            return a;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "the sites did not connect");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Peak resident memory of a process so far, in bytes (Linux's `VmHWM`).
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the process's status is readable");
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmHWM in the status");
+    kib * 1024
+}
+
+/// A model of more than 50 MB, over twelve times gRPC's usual 4 MiB message limit, trains
+/// across the four sites with secure aggregation: it reaches the sites in chunks, their
+/// masked updates come back in chunks, and the research lead fetches it in chunks. The
+/// coordinator (a separate process, so its memory can be read) holds a few copies of the
+/// model at most, not one per site.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_over_50_mb_travels_in_chunks_and_the_coordinator_keeps_a_few_copies_not_one_per_site() {
+    let (text, spec) = fedcare_e2e::job(|s| {
+        s.name = "large-model".into();
+        s.rounds = 2;
+        s.model = fedcare_models::ModelSpec::Mlp { hidden: vec![4096, 3072] };
+        s.training.batch_size = 64;
+        s.privacy = fedcare_job::PrivacySpec::none();
+    });
+    assert!(spec.secure_aggregation.enabled, "the example job uses secure aggregation");
+    let n_features = spec.n_features();
+    let params = fedcare_models::layout(&spec.model, n_features).len() as u64;
+    let model_bytes = params * 4;
+    assert!(model_bytes >= 50_000_000, "the test model is {model_bytes} bytes");
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let procs = Procs(vec![
+        Command::new(binary("coordinator"))
+            .args(["serve", "--insecure-plaintext", "--listen", &format!("127.0.0.1:{port}"), "--state"])
+            .arg(dir.path().join("coordinator.redb"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("coordinator starts"),
+    ]);
+    let pid = procs.0[0].id();
+    let stop = spawn_example_sites(&url);
+    let mut admin = admin_once_sites_connect(&url, 4).await;
+    let baseline = peak_rss(pid);
+    let id = admin.submit(&text).await.expect("job accepted");
+    let report = admin.watch(&id, |_| {}).await.expect("the job finishes");
+    assert_eq!(report.rounds.len(), 2);
+    for r in &report.rounds {
+        assert_eq!(r.sites.len(), 4, "every site's update was in round {}'s sum", r.round);
+    }
+    assert_eq!(report.parameters as u64, params);
+    let federated = report.federated.as_ref().expect("federated evaluation");
+    assert!(federated.n > 0 && federated.accuracy.is_finite(), "{federated:?}");
+    let (safetensors, _) = admin.fetch(&id).await.expect("the model downloads");
+    let model = fedcare_models::from_bytes(&spec.model, n_features, &safetensors).expect("the download is the job's model");
+    assert_eq!(model.values.len() as u64, params);
+    assert!(model.values.iter().all(|v| v.is_finite()));
+    let peak = peak_rss(pid).saturating_sub(baseline);
+    eprintln!(
+        "model {:.1} MB; coordinator peak memory above idle {:.1} MB = {:.1} models",
+        model_bytes as f64 / 1e6,
+        peak as f64 / 1e6,
+        peak as f64 / model_bytes as f64
+    );
+    // The model, its shared chunked encoding, the running sum (u32 lanes), the unmasked sum
+    // (u64), one reassembled update and its decoding, and the store's and the result's
+    // encodings: well under eight models. Holding each site's model or update would add four.
+    assert!(peak < 8 * model_bytes, "the coordinator's memory grew by {peak} bytes for a {model_bytes}-byte model");
+    let _ = stop.send(true);
+}
+
+/// Single-quotes `p` for `sh`.
+fn sh_quote(p: &std::path::Path) -> String {
+    format!("'{}'", p.display().to_string().replace('\'', r"'\''"))
+}
+
+/// A command that mounts a tmpfs of `size` on `disk` (an empty folder) in a private mount
+/// namespace, then runs the shell snippet `script` there: a small disk of its own that the
+/// test can fill, without touching the machine's. `None` if this machine does not allow
+/// unprivileged user namespaces (the caller then says so and skips).
+fn on_small_disk(disk: &std::path::Path, size: &str, script: &str) -> Option<Command> {
+    let probe = Command::new("unshare").args(["-rm", "true"]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+    if !probe.is_ok_and(|s| s.success()) {
+        eprintln!("SKIPPED: this machine does not allow user namespaces, so no private small disk can be made");
+        return None;
+    }
+    let mut cmd = Command::new("unshare");
+    cmd.args(["-rm", "sh", "-c", &format!("set -e; mount -t tmpfs -o size={size} tmpfs {}; {script}", sh_quote(disk))]);
+    Some(cmd)
+}
+
+#[test]
+fn a_full_disk_at_start_is_a_clear_error_naming_the_state_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk");
+    std::fs::create_dir(&disk).unwrap();
+    let state = disk.join("coordinator.redb");
+    let script = format!(
+        "cat /dev/zero > {}/filler 2>/dev/null || true; exec {} serve --insecure-plaintext --listen 127.0.0.1:0 --state {}",
+        sh_quote(&disk),
+        sh_quote(&binary("coordinator")),
+        sh_quote(&state)
+    );
+    let Some(mut cmd) = on_small_disk(&disk, "1m", &script) else { return };
+    let out = cmd.stdin(Stdio::null()).output().expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the coordinator must not serve without a writable state file: {stderr}");
+    assert!(stderr.contains(&state.display().to_string()) && stderr.contains("disk holding it is full"), "{stderr}");
+}
+
+/// The coordinator's disk fills up while a job runs: the job stops with a reason that says so
+/// (it does not go on with rounds it could not record, which a restart would run again and
+/// the sites would pay for twice), and the coordinator keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_that_fills_mid_job_stops_the_job_with_a_clear_reason_and_the_coordinator_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk");
+    std::fs::create_dir(&disk).unwrap();
+    let trigger = dir.path().join("fill");
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    // A helper beside the coordinator fills the disk when told to (and gives up after 60 s).
+    let script = format!(
+        "( i=0; while [ ! -e {t} ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done; \
+           if [ -e {t} ]; then cat /dev/zero > {d}/filler 2>/dev/null || true; touch {t}.done; fi ) & \
+         exec {c} serve --insecure-plaintext --listen 127.0.0.1:{port} --state {d}/coordinator.redb",
+        t = sh_quote(&trigger),
+        d = sh_quote(&disk),
+        c = sh_quote(&binary("coordinator")),
+    );
+    let Some(mut cmd) = on_small_disk(&disk, "64m", &script) else { return };
+    let _procs = Procs(vec![cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("coordinator starts")]);
+    let stop = spawn_example_sites(&url);
+    let mut admin = admin_once_sites_connect(&url, 4).await;
+    let (text, spec) = fedcare_e2e::job(|s| {
+        s.name = "disk-fills".into();
+        s.rounds = 1000;
+        s.privacy = fedcare_job::PrivacySpec::none();
+    });
+    let id = admin.submit(&text).await.expect("job accepted");
+    let started = Instant::now();
+    while admin.job(&id).await.expect("job listed").summary.expect("summary").rounds_done < 2 {
+        assert!(started.elapsed() < Duration::from_secs(60), "two rounds did not complete");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    std::fs::write(&trigger, b"").unwrap();
+    let done = trigger.with_extension("done");
+    while !done.exists() {
+        assert!(started.elapsed() < Duration::from_secs(120), "the disk was not filled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let err = admin.watch(&id, |_| {}).await.expect_err("the job cannot finish on a full disk");
+    let reason = err.to_string();
+    eprintln!("{reason}");
+    assert!(reason.contains("No space left on device"), "the reason names the cause: {reason}");
+    // Still serving, and the job is shown as over, with fewer rounds than it asked for.
+    let job = admin.job(&id).await.expect("the coordinator still answers").summary.expect("summary");
+    assert_eq!(job.state, "failed", "{job:?}");
+    assert!(job.rounds_done < spec.rounds, "{job:?}");
+    let _ = stop.send(true);
+}

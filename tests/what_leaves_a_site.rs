@@ -45,6 +45,17 @@ impl SiteService for Scripted {
         let _ = self.replies.send(r.into_inner());
         Ok(Response::new(pb::SubmitAck {}))
     }
+    async fn submit_chunked(&self, r: Request<tonic::Streaming<pb::Chunk>>) -> Result<Response<pb::SubmitAck>, Status> {
+        let mut stream = r.into_inner();
+        let mut chunks = Vec::new();
+        while let Some(c) = stream.message().await? {
+            chunks.push(c);
+        }
+        let payload = fedcare_wire::chunk::collect(chunks, fedcare_wire::chunk::MAX_PAYLOAD_BYTES).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let reply = <pb::SiteReply as prost::Message>::decode(payload.as_slice()).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let _ = self.replies.send(reply);
+        Ok(Response::new(pb::SubmitAck {}))
+    }
 }
 
 /// A scripted coordinator with one real site agent (Cleveland's config, reading `data_path`)
@@ -125,7 +136,7 @@ async fn drive_site(data_path: &std::path::Path) -> Vec<pb::SiteReply> {
     let layout = fedcare_models::layout(&spec.model, spec.n_features());
     let mut model = fedcare_models::init(&spec.model, spec.n_features(), spec.seed).values;
     for round in 1..=spec.rounds {
-        let m = pb::Model { layout_digest: layout.digest(), values: model.clone() };
+        let m = pb::Model { layout_digest: layout.digest(), values: model.clone(), values_sha256: vec![] };
         let upd = ask(task(Kind::Train(pb::TrainTask { round, model: Some(m.clone()), standardization: Some(std.clone()), secagg: None }))).await;
         let Some(pb::site_reply::Kind::Update(u)) = upd.kind else { panic!("update expected") };
         model = model.iter().zip(&u.delta).map(|(a, d)| a + d).collect();

@@ -214,11 +214,33 @@ impl Agent {
             Err(s) => return Err(format!("join failed: {}", s.message())),
         };
         info!("connected to coordinator, waiting for work");
+        // Models too large for one message arrive in chunks just before the task that uses them.
+        let mut inbox = fedcare_wire::chunk::ModelInbox::new();
         while let Some(item) = stream.next().await {
             let task = match item {
                 Ok(t) => t,
                 Err(s) => return Ok(Ended::Lost(format!("stream error: {}", s.message()))),
             };
+            if let Some(pb::task::Kind::ModelChunk(chunk)) = &task.kind {
+                match inbox.push(chunk) {
+                    Ok(fedcare_wire::chunk::ModelProgress::Pending) => {}
+                    Ok(fedcare_wire::chunk::ModelProgress::Complete(sha256, bytes)) => {
+                        // The whole model, as received, is what the audit log records.
+                        let event = AuditEvent::PayloadReceived {
+                            job_id: task.job_id.clone(),
+                            round: None,
+                            kind: "model".to_owned(),
+                            sha256: sha256.iter().map(|b| format!("{b:02x}")).collect(),
+                            bytes,
+                        };
+                        if let Err(e) = self.record(event) {
+                            return Ok(Ended::Fatal(e));
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "a damaged model chunk from the coordinator was dropped"),
+                }
+                continue;
+            }
             let received = task.encode_to_vec();
             let round = fedcare_wire::task_round(&task);
             let kind_name = task.kind.as_ref().map_or("unknown", wire_task_kind);
@@ -232,7 +254,7 @@ impl Agent {
             if let Err(e) = self.record(event) {
                 return Ok(Ended::Fatal(e));
             }
-            let task = match fedcare_wire::task_from_wire(task) {
+            let task = match inbox.resolve(task).and_then(fedcare_wire::task_from_wire) {
                 Ok(t) => t,
                 Err(e) => {
                     warn!(error = %e, "malformed task from the coordinator ignored");
@@ -314,7 +336,17 @@ impl Agent {
             if let Err(e) = self.record(event) {
                 return Ok(Ended::Fatal(e));
             }
-            if let Err(s) = client.submit(wire).await {
+            let outcome = if sent.len() > fedcare_wire::chunk::INLINE_LIMIT {
+                // Too large for one message: the same bytes, in chunks.
+                drop(wire);
+                let payload = bytes::Bytes::from(sent);
+                let digest = fedcare_wire::chunk::sha256(&payload);
+                let chunks: Vec<pb::Chunk> = fedcare_wire::chunk::split(&payload, digest, fedcare_wire::chunk::CHUNK_BYTES).collect();
+                client.submit_chunked(futures::stream::iter(chunks)).await
+            } else {
+                client.submit(wire).await
+            };
+            if let Err(s) = outcome {
                 warn!(parent: &span, code = ?s.code(), message = s.message(), "coordinator refused the reply");
             }
         }
@@ -345,6 +377,7 @@ fn wire_task_kind(k: &pb::task::Kind) -> &'static str {
         Kind::ShareKeys(_) => "share-keys",
         Kind::Mask(_) => "mask",
         Kind::Unmask(_) => "unmask",
+        Kind::ModelChunk(_) => "model-chunk",
     }
 }
 

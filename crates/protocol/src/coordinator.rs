@@ -912,6 +912,9 @@ impl JobRun {
     fn fail(&mut self, reason: String) {
         self.stage = Stage::Over;
         self.outstanding.clear();
+        // Work not yet handed out is withdrawn: a site must not start (and spend privacy
+        // budget on) a round of a job that has already failed.
+        self.actions.retain(|a| !matches!(a, Action::Send { .. }));
         self.end_tasks(false, reason.clone());
         self.actions.push_back(Action::Failed(reason));
     }

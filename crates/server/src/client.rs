@@ -6,6 +6,7 @@ use std::time::Duration;
 use fedcare_proto::v1 as pb;
 use fedcare_proto::v1::admin_service_client::AdminServiceClient;
 use futures::StreamExt;
+use prost::Message;
 use tonic::transport::Channel;
 
 use crate::report::Report;
@@ -26,6 +27,8 @@ pub enum ClientError {
     BadReport(String),
     #[error("mutual TLS: {0}")]
     Tls(String),
+    #[error("the model download was damaged or cut short: {0}")]
+    Download(String),
 }
 
 impl From<tonic::Status> for ClientError {
@@ -147,7 +150,16 @@ impl AdminClient {
 
     /// The finished job's model (safetensors bytes) and report.
     pub async fn fetch(&mut self, job_id: &str) -> Result<(Vec<u8>, Report), ClientError> {
-        let r = self.inner.fetch_model(pb::FetchModelRequest { job_id: job_id.to_owned() }).await?.into_inner();
+        let mut stream = self.inner.fetch_model(pb::FetchModelRequest { job_id: job_id.to_owned() }).await?.into_inner();
+        let download = |e: fedcare_wire::chunk::ChunkError| ClientError::Download(e.to_string());
+        let first = stream.message().await?.ok_or(ClientError::Download("the coordinator sent nothing".into()))?;
+        let mut asm = fedcare_wire::chunk::Assembler::new(&first, fedcare_wire::chunk::MAX_PAYLOAD_BYTES).map_err(download)?;
+        asm.push(&first).map_err(download)?;
+        while let Some(c) = stream.message().await? {
+            asm.push(&c).map_err(download)?;
+        }
+        let payload = asm.finish().map_err(download)?;
+        let r = pb::FetchModelResponse::decode(payload.as_slice()).map_err(|e| ClientError::Download(e.to_string()))?;
         let report = serde_json::from_str(&r.report_json).map_err(|e| ClientError::BadReport(e.to_string()))?;
         Ok((r.safetensors, report))
     }

@@ -39,6 +39,9 @@ struct SiteConn {
     agent_version: String,
     /// The site's long-term public key (signs its secure aggregation keys).
     identity: Vec<u8>,
+    /// SHA-256 of the last chunked model sent on this stream: the site keeps it, so the same
+    /// model (a round's Eval, then the next round's Train) is not sent twice.
+    last_model: Option<[u8; 32]>,
 }
 
 struct JobEntry {
@@ -54,7 +57,39 @@ struct JobEntry {
     payloads: Vec<fedcare_audit::PayloadDigest>,
     /// Set when the job was cancelled (so its end is recorded as cancelled, not failed).
     cancelled: bool,
+    /// The current global model encoded once for chunked sending, shared by every site's
+    /// stream (`None` until a model too large for one message is first sent).
+    model_payload: Option<ModelPayload>,
 }
+
+/// A model's chunked-transfer payload ([`fedcare_wire::chunk::model_payload`]) and its digest,
+/// kept for as long as the model it encodes is current.
+struct ModelPayload {
+    values: Arc<Vec<f32>>,
+    bytes: bytes::Bytes,
+    sha256: [u8; 32],
+}
+
+impl ModelPayload {
+    /// The payload for `values`: the cached one if it encodes this very vector, else a new one.
+    fn for_values<'a>(cache: &'a mut Option<ModelPayload>, values: &Arc<Vec<f32>>) -> &'a ModelPayload {
+        if !cache.as_ref().is_some_and(|p| Arc::ptr_eq(&p.values, values)) {
+            let bytes = fedcare_wire::chunk::model_payload(values);
+            let sha256 = fedcare_wire::chunk::sha256(&bytes);
+            *cache = Some(ModelPayload { values: values.clone(), bytes, sha256 });
+        }
+        match cache {
+            Some(p) => p,
+            None => unreachable!("filled just above"),
+        }
+    }
+}
+
+/// How much memory, in MiB, chunked replies being reassembled may hold at once. A reply larger
+/// than this is reassembled alone. It bounds the coordinator's memory for replies however many
+/// sites send at once: with a 50 MB model, one update is reassembled at a time, and the others
+/// wait (their bytes stay in the network's flow-control windows).
+pub const UPLOAD_BUDGET_MIB: u32 = 64;
 
 /// Rebuilds a running job from the store: its spec, the model after its last recorded round,
 /// the records of rounds 1..=last, and the events already published (watchers replay them).
@@ -92,19 +127,28 @@ fn resume(store: &Store, job: &JobRecord) -> Result<JobEntry, String> {
         .with_noise(<rand_chacha::ChaCha20Rng as rand_core::SeedableRng>::from_seed(seed));
     zeroize::Zeroize::zeroize(&mut seed);
     let published = watch::channel((events.len(), false)).0;
-    Ok(JobEntry { run, spec, layout, submitted: Instant::now(), events, published, payloads: Vec::new(), cancelled: false })
+    Ok(JobEntry { run, spec, layout, submitted: Instant::now(), events, published, payloads: Vec::new(), cancelled: false, model_payload: None })
 }
 
 /// The digest of one message's exact protobuf bytes, for the audit log.
 fn digest(direction: &str, site: &str, kind: &str, round: Option<u32>, bytes: &[u8]) -> fedcare_audit::PayloadDigest {
+    digest_of(direction, site, kind, round, &fedcare_audit::sha256_hex(bytes), bytes.len())
+}
+
+/// As [`digest`], for a payload whose SHA-256 is already known (a chunked one).
+fn digest_of(direction: &str, site: &str, kind: &str, round: Option<u32>, sha256_hex: &str, len: usize) -> fedcare_audit::PayloadDigest {
     fedcare_audit::PayloadDigest {
         direction: direction.to_owned(),
         site: site.to_owned(),
         kind: kind.to_owned(),
         round,
-        sha256: fedcare_audit::sha256_hex(bytes),
-        bytes: bytes.len() as u64,
+        sha256: sha256_hex.to_owned(),
+        bytes: len as u64,
     }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 struct State {
@@ -126,6 +170,8 @@ struct Inner {
     /// Whether the server serving this coordinator requires mutual TLS (set by `serve_on`;
     /// `None` for a coordinator driven without a server, as in unit tests).
     mutual_tls: Mutex<Option<bool>>,
+    /// MiB of chunked replies being reassembled ([`UPLOAD_BUDGET_MIB`]).
+    upload_budget: Arc<tokio::sync::Semaphore>,
 }
 
 /// The coordinator's shared state; cheap to clone into each service.
@@ -175,6 +221,7 @@ impl Coordinator {
                 audit: Mutex::new(None),
                 metrics,
                 mutual_tls: Mutex::new(None),
+                upload_budget: Arc::new(tokio::sync::Semaphore::new(UPLOAD_BUDGET_MIB as usize)),
             }),
         })
     }
@@ -316,6 +363,7 @@ impl Coordinator {
             published: watch::channel((0, false)).0,
             payloads: Vec::new(),
             cancelled: false,
+            model_payload: None,
         });
         self.inner.metrics.job_submitted();
         let now = self.now_ms();
@@ -339,7 +387,7 @@ impl Coordinator {
         let conn = st.next_conn;
         st.next_conn += 1;
         st.lost.remove(&site);
-        if st.sites.insert(site.clone(), SiteConn { conn, tx, agent_version, identity: identity.clone() }).is_some() {
+        if st.sites.insert(site.clone(), SiteConn { conn, tx, agent_version, identity: identity.clone(), last_model: None }).is_some() {
             // The old stream is gone; anything it owed is lost with it.
             warn!(site = %site, "site reconnected; its previous stream is closed");
             self.site_gone(&mut st, &site, now);
@@ -379,11 +427,19 @@ impl Coordinator {
         }
     }
 
-    /// Feeds a site's reply into its job.
-    fn reply(&self, reply: pb::SiteReply) -> Result<(), Status> {
+    /// Feeds a site's reply into its job. `chunked` is the SHA-256 and length of the reply's
+    /// encoding when it arrived in chunks (already checked), so it is not encoded again.
+    fn reply(&self, reply: pb::SiteReply, chunked: Option<([u8; 32], usize)>) -> Result<(), Status> {
         let metrics = &self.inner.metrics;
-        metrics.received(reply.encoded_len());
-        let received = self.audited().then(|| (reply.site_id.clone(), fedcare_wire::reply_round(&reply), reply.encode_to_vec()));
+        let len = chunked.map_or_else(|| reply.encoded_len(), |(_, len)| len);
+        metrics.received(len);
+        let received = self.audited().then(|| {
+            let sha = match chunked {
+                Some((sha, _)) => hex(&sha),
+                None => fedcare_audit::sha256_hex(&reply.encode_to_vec()),
+            };
+            (reply.site_id.clone(), fedcare_wire::reply_round(&reply), sha, len)
+        });
         let reply = fedcare_wire::reply_from_wire(reply).map_err(|e| {
             metrics.refused("malformed");
             Status::invalid_argument(e.to_string())
@@ -398,8 +454,8 @@ impl Coordinator {
             metrics.refused("unknown_job");
             Status::not_found(format!("no job {job_id}"))
         })?;
-        if let Some((site, round, bytes)) = &received {
-            job.payloads.push(digest("received", site, kind_name, *round, bytes));
+        if let Some((site, round, sha, len)) = &received {
+            job.payloads.push(digest_of("received", site, kind_name, *round, sha, *len));
         }
         let result = job.run.handle_reply(reply, now);
         // A refused update still changes the stage (the site leaves it), so drive either way.
@@ -428,13 +484,44 @@ impl Coordinator {
             let Some(action) = job.run.poll() else { return };
             match action {
                 Action::Send { site, task } => {
-                    let wire = fedcare_wire::task_to_wire(&task);
+                    // A model too large for one message goes first, in chunks cut from one
+                    // shared encoding; the task then names it by digest.
+                    let mut chunks = Vec::new();
+                    let mut chunked = None;
+                    if let Some(model) = fedcare_wire::task_model(&task)
+                        && model.values.len() * 4 > fedcare_wire::chunk::INLINE_LIMIT
+                    {
+                        let payload = ModelPayload::for_values(&mut job.model_payload, &model.values);
+                        let conn = st.sites.get_mut(&site);
+                        let held = conn.as_ref().is_some_and(|c| c.last_model == Some(payload.sha256));
+                        if let Some(c) = conn {
+                            c.last_model = Some(payload.sha256);
+                        }
+                        let job_id = task.job.to_string();
+                        if !held {
+                            chunks.extend(fedcare_wire::chunk::split(&payload.bytes, payload.sha256, fedcare_wire::chunk::CHUNK_BYTES).map(|c| {
+                                pb::Task { job_id: job_id.clone(), task_id: task.id.0, kind: Some(pb::task::Kind::ModelChunk(c)) }
+                            }));
+                            self.inner.metrics.sent(payload.bytes.len());
+                        }
+                        if self.audited() && !held {
+                            let round = match &task.kind {
+                                fedcare_protocol::messages::TaskKind::Train { round, .. } | fedcare_protocol::messages::TaskKind::Eval { round, .. } => Some(*round),
+                                _ => None,
+                            };
+                            job.payloads.push(digest_of("sent", site.as_str(), "model", round, &hex(&payload.sha256), payload.bytes.len()));
+                        }
+                        chunked = Some(payload.sha256);
+                    }
+                    let wire = fedcare_wire::task_to_wire_with(&task, chunked);
                     self.inner.metrics.sent(wire.encoded_len());
                     if self.audited() {
                         let d = digest("sent", site.as_str(), task.kind.name(), fedcare_wire::task_round(&wire), &wire.encode_to_vec());
                         job.payloads.push(d);
                     }
-                    let delivered = st.sites.get(&site).is_some_and(|c| c.tx.send(Ok(wire)).is_ok());
+                    let delivered = st.sites.get(&site).is_some_and(|c| {
+                        chunks.into_iter().chain(std::iter::once(wire)).all(|t| c.tx.send(Ok(t)).is_ok())
+                    });
                     if !delivered {
                         let now = self.now_ms();
                         if let Some(job) = st.jobs.get_mut(id) {
@@ -472,7 +559,15 @@ impl Coordinator {
                             .map_err(|e| e.to_string())
                             .and_then(|json| self.inner.store.put_round(id.as_str(), record.round, job.run.model(), &json).map_err(|e| e.to_string()));
                         if let Err(e) = stored {
-                            warn!(error = %e, round = record.round, "could not persist the round");
+                            // A round that is not on disk must not be acted on: resuming would
+                            // run it again and the sites would spend their budget twice.
+                            warn!(error = %e, round = record.round, "could not persist the round; the job stops");
+                            job.run.abort(format!(
+                                "the coordinator could not store round {} ({e}); the job stops rather than go on unrecorded. \
+                                 Free disk space or repair the state file, then submit the job again",
+                                record.round
+                            ));
+                            continue;
                         }
                     }
                     let wire = event_to_wire(&event);
@@ -843,7 +938,46 @@ impl pb::site_service_server::SiteService for SiteApi {
         let id = self.0.authorize(self.1, &request, &[fedcare_pki::Role::Site], "submit")?;
         let reply = request.into_inner();
         self.1.check_site_name(&id, &reply.site_id)?;
-        self.0.reply(reply)?;
+        self.0.reply(reply, None)?;
+        Ok(Response::new(pb::SubmitAck {}))
+    }
+
+    /// A reply too large for one message. It is reassembled within the coordinator's upload
+    /// budget ([`UPLOAD_BUDGET_MIB`]), its SHA-256 checked, and only then decoded and handled
+    /// exactly as a [`submit`](Self::submit); any fault in the chunks refuses the whole reply
+    /// and changes nothing.
+    async fn submit_chunked(&self, request: Request<tonic::Streaming<pb::Chunk>>) -> Result<Response<pb::SubmitAck>, Status> {
+        let id = self.0.authorize(self.1, &request, &[fedcare_pki::Role::Site], "submit")?;
+        let metrics = &self.0.inner.metrics;
+        let malformed = |e: fedcare_wire::chunk::ChunkError| {
+            metrics.refused("malformed");
+            Status::invalid_argument(format!("chunked reply refused: {e}"))
+        };
+        let mut stream = request.into_inner();
+        let first = stream.message().await?.ok_or_else(|| malformed(fedcare_wire::chunk::ChunkError::EmptyPayload))?;
+        let mut asm = fedcare_wire::chunk::Assembler::new(&first, fedcare_wire::chunk::MAX_PAYLOAD_BYTES).map_err(malformed)?;
+        // Hold budget for the whole payload (all of it if the payload is larger) before taking
+        // any of it in.
+        let mib = asm.total().div_ceil(1 << 20).clamp(1, u64::from(UPLOAD_BUDGET_MIB)) as u32;
+        let _permit = self.0.inner.upload_budget.clone().acquire_many_owned(mib).await.map_err(|_| Status::unavailable("the coordinator is shutting down"))?;
+        let mut complete = asm.push(&first).map_err(malformed)?;
+        drop(first);
+        while let Some(c) = stream.message().await? {
+            if complete {
+                return Err(malformed(fedcare_wire::chunk::ChunkError::Overrun { total: asm.total() }));
+            }
+            complete = asm.push(&c).map_err(malformed)?;
+        }
+        let digest = asm.digest();
+        let payload = asm.finish().map_err(malformed)?;
+        let reply = pb::SiteReply::decode(payload.as_slice()).map_err(|e| {
+            metrics.refused("malformed");
+            Status::invalid_argument(format!("chunked reply does not decode: {e}"))
+        })?;
+        let len = payload.len();
+        drop(payload);
+        self.1.check_site_name(&id, &reply.site_id)?;
+        self.0.reply(reply, Some((digest, len)))?;
         Ok(Response::new(pb::SubmitAck {}))
     }
 }
@@ -853,10 +987,12 @@ impl pb::site_service_server::SiteService for SiteApi {
 pub struct AdminApi(pub Coordinator, pub Auth);
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::JobEvent, Status>> + Send>>;
+type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::Chunk, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl pb::admin_service_server::AdminService for AdminApi {
     type WatchJobStream = EventStream;
+    type FetchModelStream = ChunkStream;
 
     async fn submit_job(&self, request: Request<pb::SubmitJobRequest>) -> Result<Response<pb::SubmitJobResponse>, Status> {
         let caller = self.0.authorize(self.1, &request, &[fedcare_pki::Role::ResearchLead], "submit_job")?;
@@ -937,11 +1073,16 @@ impl pb::admin_service_server::AdminService for AdminApi {
         Ok(Response::new(pb::CancelJobResponse { summary: Some(self.0.cancel(&id, &by, &r.reason)?) }))
     }
 
-    async fn fetch_model(&self, request: Request<pb::FetchModelRequest>) -> Result<Response<pb::FetchModelResponse>, Status> {
+    /// The model and report, encoded as one `FetchModelResponse` and sent in chunks.
+    async fn fetch_model(&self, request: Request<pb::FetchModelRequest>) -> Result<Response<ChunkStream>, Status> {
         self.0.authorize(self.1, &request, &[fedcare_pki::Role::ResearchLead], "fetch_model")?;
         let id = fedcare_wire::job_id(&request.into_inner().job_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let _span = info_span!("fetch_model", job = %id.short()).entered();
-        Ok(Response::new(self.0.fetch(&id)?))
+        let payload = bytes::Bytes::from(self.0.fetch(&id)?.encode_to_vec());
+        let digest = fedcare_wire::chunk::sha256(&payload);
+        let chunks: Vec<Result<pb::Chunk, Status>> =
+            fedcare_wire::chunk::split(&payload, digest, fedcare_wire::chunk::CHUNK_BYTES).map(Ok).collect();
+        Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
     }
 }
 

@@ -140,6 +140,9 @@ impl fmt::Debug for Store {
     }
 }
 
+/// redb's page cache (see [`Store::open`]).
+const CACHE_BYTES: usize = 16 << 20;
+
 impl Store {
     /// Opens or creates the file. Errors name the path and say what is wrong in words a
     /// hospital IT person understands (directory missing, permission denied, file locked by
@@ -151,6 +154,11 @@ impl Store {
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let mut builder = Database::builder();
         builder.set_check_integrity_on_open(true);
+        // redb caches up to 1 GiB of pages by default. The coordinator reads little back (a
+        // resumed job's last model, a finished job's result), and each round writes a whole
+        // model: a small cache keeps its memory near one model instead of growing by one
+        // model per stored round.
+        builder.set_cache_size(CACHE_BYTES);
         let db = builder.create(path).map_err(|e| open_error(path, e))?;
         let store = Store {
             db,

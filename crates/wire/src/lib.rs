@@ -22,9 +22,13 @@ use fedcare_secagg::{Graph, Params, RoundSetup, SiteEntry};
 /// per site of a round).
 pub const MAX_SECAGG_ITEMS: usize = 10_000;
 
-/// Largest model accepted in one message, in values: 4 MB of f32, within gRPC's default 4 MiB
-/// message limit. Larger models need chunked transfer (a later issue).
-pub const MAX_MODEL_VALUES: usize = 1_000_000;
+pub mod chunk;
+
+/// Largest model accepted, in values: 512 MiB of f32 (134 million parameters), so that even
+/// its secure-aggregation vector (padded to at most twice that, 32-bit lanes) fits in one
+/// chunked payload of [`chunk::MAX_PAYLOAD_BYTES`]. Models above [`chunk::INLINE_LIMIT`] bytes
+/// travel in chunks.
+pub const MAX_MODEL_VALUES: usize = (chunk::MAX_PAYLOAD_BYTES / 8) as usize;
 
 /// Largest example count a site may declare (a trillion records): far above any hospital,
 /// and small enough that the coordinator's sums over up to `MAX_SECAGG_ITEMS` sites cannot
@@ -58,8 +62,26 @@ pub fn job_id(s: &str) -> Result<JobId, WireError> {
 // ----- coordinator -> site -----
 
 pub fn task_to_wire(task: &Task) -> pb::Task {
+    task_to_wire_with(task, None)
+}
+
+/// The model a Train or Eval task carries.
+pub fn task_model(task: &Task) -> Option<&ModelVector> {
+    match &task.kind {
+        TaskKind::Train { model, .. } | TaskKind::Eval { model, .. } => Some(model),
+        _ => None,
+    }
+}
+
+/// As [`task_to_wire`]; with `chunked_model = Some(sha256)` the task's model is named by the
+/// SHA-256 of its payload ([`chunk::model_payload`]), sent before it in `model_chunk` tasks,
+/// instead of carried inline.
+pub fn task_to_wire_with(task: &Task, chunked_model: Option<[u8; 32]>) -> pb::Task {
     use pb::task::Kind;
-    let model = |m: &ModelVector| pb::Model { layout_digest: m.layout_digest.clone(), values: m.values.as_ref().clone() };
+    let model = |m: &ModelVector| match chunked_model {
+        Some(sha) => pb::Model { layout_digest: m.layout_digest.clone(), values: Vec::new(), values_sha256: sha.to_vec() },
+        None => pb::Model { layout_digest: m.layout_digest.clone(), values: m.values.as_ref().clone(), values_sha256: Vec::new() },
+    };
     let std = |s: &Standardization| pb::Standardization { mean: s.mean.clone(), std: s.std.clone() };
     let kind = match &task.kind {
         TaskKind::Offer { spec_toml } => Kind::Offer(pb::JobOffer { spec_toml: spec_toml.to_string() }),
@@ -83,6 +105,9 @@ pub fn task_to_wire(task: &Task) -> pb::Task {
 
 fn model_from_wire(m: Option<pb::Model>) -> Result<ModelVector, WireError> {
     let m = m.ok_or(WireError::Missing { field: "model" })?;
+    if !m.values_sha256.is_empty() {
+        return Err(invalid("model.values_sha256", "names chunked values that were not filled in (see chunk::ModelInbox)"));
+    }
     if m.values.len() > MAX_MODEL_VALUES {
         return Err(invalid("model.values", format!("{} values exceed the limit of {MAX_MODEL_VALUES}", m.values.len())));
     }
@@ -124,6 +149,7 @@ pub fn task_from_wire(t: pb::Task) -> Result<Task, WireError> {
             standardization: std_from_wire(ev.standardization)?,
         },
         Kind::End(e) => TaskKind::End { success: e.success, reason: e.reason },
+        Kind::ModelChunk(_) => return Err(invalid("model_chunk", "a model chunk is not a task (see chunk::ModelInbox)")),
     };
     Ok(Task { job, id: TaskId(t.task_id), kind })
 }
@@ -171,7 +197,7 @@ fn setup_from_wire(s: pb::SecAggSetup) -> Result<SecAggRound, WireError> {
     } else {
         Graph::Regular { k: s.graph_k, seed: bytes32(&s.graph_seed, "secagg.graph_seed")? }
     };
-    let dim = usize::try_from(s.dim).ok().filter(|d| *d <= MAX_MODEL_VALUES + 1).ok_or_else(|| invalid("secagg.dim", "too large"))?;
+    let dim = usize::try_from(s.dim).ok().filter(|d| *d <= 2 * MAX_MODEL_VALUES + 2).ok_or_else(|| invalid("secagg.dim", "too large"))?;
     let setup = RoundSetup {
         round_id: bytes32(&s.round_id, "secagg.round_id")?,
         sites: s
@@ -279,7 +305,7 @@ pub fn task_round(t: &pb::Task) -> Option<u32> {
         Kind::ShareKeys(x) => Some(x.round),
         Kind::Mask(x) => Some(x.round),
         Kind::Unmask(x) => Some(x.round),
-        Kind::Offer(_) | Kind::Stats(_) | Kind::End(_) => None,
+        Kind::Offer(_) | Kind::Stats(_) | Kind::End(_) | Kind::ModelChunk(_) => None,
     }
 }
 
@@ -402,14 +428,14 @@ mod tests {
         assert_eq!(task_from_wire(t.clone()).unwrap_err(), WireError::Missing { field: "model" });
         t.kind = Some(pb::task::Kind::Train(pb::TrainTask {
             round: 1,
-            model: Some(pb::Model { layout_digest: "d".into(), values: vec![f32::NAN] }),
+            model: Some(pb::Model { layout_digest: "d".into(), values: vec![f32::NAN], values_sha256: vec![] }),
             standardization: Some(pb::Standardization { mean: vec![], std: vec![] }),
             secagg: None,
         }));
         assert!(task_from_wire(t.clone()).unwrap_err().to_string().contains("not finite"));
         t.kind = Some(pb::task::Kind::Train(pb::TrainTask {
             round: 1,
-            model: Some(pb::Model { layout_digest: "d".into(), values: vec![1.0] }),
+            model: Some(pb::Model { layout_digest: "d".into(), values: vec![1.0], values_sha256: vec![] }),
             standardization: Some(pb::Standardization { mean: vec![0.0], std: vec![0.0] }),
             secagg: None,
         }));

@@ -55,7 +55,7 @@ fn check_task(t: pb::Task) -> Result<(), WireError> {
             if let Some(sa) = secagg {
                 sa.setup.validate().expect("an accepted setup is internally consistent");
                 assert!(sa.setup.sites.len() <= MAX_SECAGG_ITEMS);
-                assert!(sa.setup.params.dim <= MAX_MODEL_VALUES + 1);
+                assert!(sa.setup.params.dim <= 2 * MAX_MODEL_VALUES + 2);
                 assert_eq!(sa.setup.round_id.len(), 32);
             }
             Some(*round)
@@ -148,7 +148,7 @@ fn finite_f32() -> impl Strategy<Value = f32> {
 }
 
 fn model() -> impl Strategy<Value = pb::Model> {
-    ("[0-9a-f]{0,64}", prop::collection::vec(finite_f32(), 0..40)).prop_map(|(layout_digest, values)| pb::Model { layout_digest, values })
+    ("[0-9a-f]{0,64}", prop::collection::vec(finite_f32(), 0..40)).prop_map(|(layout_digest, values)| pb::Model { layout_digest, values, values_sha256: vec![] })
 }
 
 fn standardization() -> impl Strategy<Value = pb::Standardization> {
@@ -357,7 +357,7 @@ fn task_mutation() -> impl Strategy<Value = TaskMutation> {
         prop_oneof![Just(Vec::new()), prop::collection::vec(any::<u8>(), 32..=32), prop::collection::vec(any::<u8>(), 0..40)].prop_map(GraphSeed),
         prop::sample::select(vec![0u32, 1, 2, 3, 5, 7, 100, u32::MAX]).prop_map(Threshold),
         prop::sample::select(vec![0u32, 1, 64, 65, u32::MAX]).prop_map(Bits),
-        prop::sample::select(vec![0u64, 1, MAX_MODEL_VALUES as u64 + 1, MAX_MODEL_VALUES as u64 + 2, u64::MAX]).prop_map(Dim),
+        prop::sample::select(vec![0u64, 1, 2 * MAX_MODEL_VALUES as u64 + 2, 2 * MAX_MODEL_VALUES as u64 + 3, u64::MAX]).prop_map(Dim),
         (any::<Index>(), any::<Index>()).prop_map(|(a, b)| SwapSites(a, b)),
         (any::<Index>(), prop::sample::select(vec![0usize, 31, 33])).prop_map(|(i, n)| KeyLength(i, n)),
         (any::<Index>(), any::<u32>()).prop_map(|(i, v)| SiteIndex(i, v)),
@@ -511,7 +511,7 @@ fn mutate_task(t: &mut pb::Task, m: &TaskMutation) -> Expect {
         }),
         Dim(d) => setup(t).map_or(Expect::Converts, |s| {
             s.dim = *d;
-            if (1..=MAX_MODEL_VALUES as u64 + 1).contains(d) { Expect::Converts } else { Expect::Refused }
+            if (1..=2 * MAX_MODEL_VALUES as u64 + 2).contains(d) { Expect::Converts } else { Expect::Refused }
         }),
         SwapSites(a, b) => setup(t).map_or(Expect::Converts, |s| {
             let (i, j) = (a.index(s.sites.len()), b.index(s.sites.len()));
@@ -794,7 +794,7 @@ fn write_seed_corpus() {
     let dir = support::corpus_dir(&fuzz_root(), "wire");
     std::fs::create_dir_all(&dir).unwrap();
     let job = "ab".repeat(32);
-    let model = || Some(pb::Model { layout_digest: "layout-1".into(), values: vec![0.25, -1.0, 3.0] });
+    let model = || Some(pb::Model { layout_digest: "layout-1".into(), values: vec![0.25, -1.0, 3.0], values_sha256: vec![] });
     let std = || Some(pb::Standardization { mean: vec![1.0, 2.0], std: vec![0.5, 1.0] });
     let key = |b: u8| fedcare_secagg::IdentityKey::from_seed(&[b; 32]).unwrap().public_key();
     let mut keys = vec![key(1), key(2), key(3)];
@@ -859,7 +859,7 @@ fn write_seed_corpus() {
         // Malformed: refused, never a panic.
         task("bad-task-nan-model", T::Train(pb::TrainTask {
             round: 1,
-            model: Some(pb::Model { layout_digest: "d".into(), values: vec![f32::NAN] }),
+            model: Some(pb::Model { layout_digest: "d".into(), values: vec![f32::NAN], values_sha256: vec![] }),
             standardization: std(),
             secagg: None,
         })),
