@@ -145,6 +145,9 @@ impl Stage {
     }
 }
 
+/// Most threads a round's unmasking uses ([`fedcare_secagg::Server::finish_threads`]).
+const MAX_UNMASK_THREADS: usize = 8;
+
 /// The coordinator's state for one job.
 #[derive(Debug)]
 pub struct JobRun {
@@ -778,7 +781,11 @@ impl JobRun {
             },
             SecStep::Unmask => {
                 let survivors = sec.server.survivors();
-                let sum = match sec.server.finish() {
+                // Unmasking regenerates every survivor's self mask and the dropouts' pairwise
+                // masks over the whole model: split over the machine's cores (the result is
+                // the same for any number of threads).
+                let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_UNMASK_THREADS);
+                let sum = match sec.server.finish_threads(threads) {
                     Ok(sum) => sum,
                     Err(e) => return self.fail(abort(e)),
                 };

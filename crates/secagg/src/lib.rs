@@ -64,7 +64,9 @@
 //!
 //! Secrets (X25519 secrets, seeds, Shamir coefficients and shares, derived keys) are held in
 //! zeroizing containers and wiped on drop; a site drops its own secrets as soon as its masked
-//! input is computed. (`ring`'s internal AES and ChaCha20 key schedules are not zeroized.)
+//! input is computed. (The mask PRG's AES key schedule is zeroized on its fast path, [`prg`];
+//! `ring`'s internal AES and ChaCha20 key schedules, on the portable path and for the share
+//! encryption, are not.)
 //!
 //! # Never
 //!
@@ -83,6 +85,7 @@
 
 pub mod client;
 pub mod crypto;
+mod ctr;
 mod derive;
 pub mod error;
 pub mod graph;

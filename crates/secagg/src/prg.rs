@@ -5,24 +5,38 @@
 //! of the 32-byte seed; 128-bit keys are the usual security target for a mask PRG, and seeds
 //! stay 256-bit). The vector is cut into chunks of [`CHUNK`] coordinates; chunk `c` is the
 //! AES-128-CTR keystream under `K` with the 96-bit nonce `be64(c) ‖ 0^32` and the 32-bit block
-//! counter starting at 2. That keystream is computed through `ring`'s AES-128-GCM by sealing an
-//! all-zero buffer and discarding the tag: GCM's ciphertext *is* that CTR keystream (NIST
-//! SP 800-38D, §7.1, GCTR from inc32(J0)). `ring` computes it with VAES/AES-NI, interleaving
-//! the (wasted) GHASH; on this project's benchmark machine that was the fastest option
-//! measured (about 9.1 GB/s per core, against 8.1 GB/s for AES-256-GCM and 7.4–8.5 GB/s for
-//! AES-128 in plain CTR through the RustCrypto `aes` crate, 0.8 with AES-NI or 0.9 with
-//! VAES). Chunks make any coordinate range computable on its own, so masks are added chunk by
-//! chunk while the running sum stays in cache, nobody ever holds a whole mask vector, and
-//! disjoint chunk ranges can be unmasked on separate threads
+//! counter starting at 2. Chunks make any coordinate range computable on its own, so masks
+//! are added chunk by chunk while the running sum stays in cache, nobody ever holds a whole
+//! mask vector, and disjoint chunk ranges can be unmasked on separate threads
 //! ([`Accumulator::apply_masks_threads`]).
+//!
+//! Two implementations give that same keystream (tested against each other and against the
+//! pinned vectors of `tests/vectors.rs`, computed with Python's `cryptography`):
+//!
+//! - **Fast path** (`src/ctr.rs`), on x86-64 CPUs with VAES and AVX-512 (checked at run
+//!   time): 32 counter blocks at a time are encrypted in eight 512-bit registers and the
+//!   keystream words are added straight into the lanes, with no keystream buffer. On the
+//!   benchmark machine (AMD EPYC, 2 vCPUs) about 50 GB/s per core, keystream and addition
+//!   together.
+//! - **Portable path**, everywhere else: `ring`'s AES-128-GCM seals a zeroed buffer and the
+//!   tag is discarded: GCM's ciphertext *is* that CTR keystream (NIST SP 800-38D, §7.1, GCTR
+//!   from inc32(J0)); the keystream words are then added into the lanes by loops compiled
+//!   for AVX-512, AVX2 and baseline x86-64 and chosen at run time (`multiversion`). About
+//!   9 GB/s per core on the benchmark machine: `ring` interleaves the (wasted) GHASH, and the
+//!   buffer is zeroed before, and read back after, each seal. (Plain CTR through the RustCrypto
+//!   `aes` crate was slower or no faster there: 7.4–8.5 GB/s with `ctr`; 0.9.4's VAES-512
+//!   backend, fused with the addition through its block-closure API, about 11 GB/s.)
 //!
 //! Coordinate `i` of a mask is the little-endian word of `w` keystream bytes at offset `w * i`
 //! of the chunk, reduced mod 2^b, where `w` is 1, 2, 4 or 8, the smallest width holding b bits.
 //! Masks are added into accumulators of `u32` lanes (b <= 32) or `u64` lanes (b > 32); since
 //! 2^b divides the lane modulus, reducing mod 2^b at the end gives the sum in Z_{2^b}.
 
+use multiversion::multiversion;
 use ring::aead::{AES_128_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
-use zeroize::Zeroize;
+use zeroize::{Zeroize, Zeroizing};
+
+use crate::ctr::{self, RoundKeys};
 
 /// Domain separation for deriving the AES-128 key from a mask seed. Part of the protocol.
 pub const KEY_LABEL: &[u8] = b"fedcare-secagg mask prg AES-128 v1";
@@ -41,37 +55,115 @@ pub fn lane_bytes(bits: u32) -> usize {
 }
 
 /// A mask generator for one seed.
+///
+/// Two ways to the same keystream: on CPUs with VAES and AVX-512 the AES-128 key schedule is
+/// kept (zeroized on drop) and `src/ctr.rs` computes the keystream in registers, adding it
+/// straight into the lanes; elsewhere `ring`'s AES-128-GCM seals a zeroed buffer (see the
+/// module documentation). Both give identical masks (tested).
 pub struct MaskPrg {
-    key: LessSafeKey,
+    inner: Inner,
+}
+
+enum Inner {
+    Fast(Zeroizing<RoundKeys>),
+    // Boxed: ring's key (with its GHASH table) is three times the size of the round keys.
+    Ring(Box<LessSafeKey>),
+}
+
+fn ring_key(key: &[u8]) -> LessSafeKey {
+    // AES-128 accepts every 16-byte key.
+    match UnboundKey::new(&AES_128_GCM, key) {
+        Ok(k) => LessSafeKey::new(k),
+        Err(_) => unreachable!("AES-128 accepts any 16-byte key"),
+    }
+}
+
+fn ring_keystream(key: &LessSafeKey, chunk: u64, buf: &mut [u8]) {
+    buf.fill(0);
+    let mut nonce = [0u8; 12];
+    nonce[..8].copy_from_slice(&chunk.to_be_bytes());
+    // Sealing fails only beyond 2^36 bytes per nonce; a chunk is at most 32 KiB.
+    if key
+        .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::empty(), buf)
+        .is_err()
+    {
+        unreachable!("AES-GCM seal of a 32 KiB buffer cannot fail");
+    }
 }
 
 impl MaskPrg {
     pub fn new(seed: &[u8; 32]) -> MaskPrg {
-        let mut digest = crate::crypto::sha256(&[KEY_LABEL, seed]);
-        // AES-128 accepts every 16-byte key.
-        let key = UnboundKey::new(&AES_128_GCM, &digest[..16]);
-        digest.zeroize();
-        match key {
-            Ok(k) => MaskPrg {
-                key: LessSafeKey::new(k),
-            },
-            Err(_) => unreachable!("AES-128 accepts any 16-byte key"),
+        let digest = Zeroizing::new(crate::crypto::sha256(&[KEY_LABEL, seed]));
+        let mut key = Zeroizing::new([0u8; 16]);
+        key.copy_from_slice(&digest[..16]);
+        let inner = match ctr::round_keys(&key) {
+            Some(rk) => Inner::Fast(rk),
+            None => Inner::Ring(Box::new(ring_key(&key[..]))),
+        };
+        MaskPrg { inner }
+    }
+
+    /// Like [`MaskPrg::new`] but always on the portable path (`ring`), whatever the CPU: the
+    /// same masks, for cross-checks of the fast path and for measuring the portable one.
+    pub fn new_portable(seed: &[u8; 32]) -> MaskPrg {
+        let digest = Zeroizing::new(crate::crypto::sha256(&[KEY_LABEL, seed]));
+        MaskPrg {
+            inner: Inner::Ring(Box::new(ring_key(&digest[..16]))),
         }
     }
 
     /// Writes the keystream of chunk `chunk` into `buf` (whose previous content is ignored).
     pub fn keystream(&self, chunk: u64, buf: &mut [u8]) {
-        buf.fill(0);
-        let mut nonce = [0u8; 12];
-        nonce[..8].copy_from_slice(&chunk.to_be_bytes());
-        // Sealing fails only beyond 2^36 bytes per nonce; a chunk is at most 32 KiB.
-        if self
-            .key
-            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::empty(), buf)
-            .is_err()
-        {
-            unreachable!("AES-GCM seal of a 32 KiB buffer cannot fail");
+        match &self.inner {
+            Inner::Fast(rk) => {
+                if !ctr::apply(rk, chunk, ctr::Sink::Bytes(buf)) {
+                    // Not reached: round keys exist only where the fast path is available.
+                    // Round key 0 is the AES key, so the portable path still gives the mask.
+                    ring_keystream(&ring_key(&rk[0]), chunk, buf);
+                }
+            }
+            Inner::Ring(key) => ring_keystream(key, chunk, buf),
         }
+    }
+
+    /// Adds (or subtracts) the words of chunk `chunk`'s keystream, `w` bytes per lane, into
+    /// `lanes`; `buf` (at least `lanes.len() * w` bytes) is scratch space for the portable
+    /// path, whose previous content is ignored.
+    fn apply<T: Lane>(&self, chunk: u64, lanes: &mut [T], w: usize, negate: bool, buf: &mut [u8]) {
+        if let Inner::Fast(rk) = &self.inner
+            && T::fused(rk, chunk, lanes, w, negate)
+        {
+            return;
+        }
+        let ks = &mut buf[..lanes.len() * w];
+        self.keystream(chunk, ks);
+        T::add_words(lanes, ks, w, negate);
+    }
+}
+
+/// A lane type of [`Accumulator`], with its ways of adding keystream words.
+trait Lane: Copy + Send {
+    fn add_words(acc: &mut [Self], ks: &[u8], w: usize, negate: bool);
+    /// Adds the keystream in registers (`src/ctr.rs`) when the lane is w bytes wide; false
+    /// (doing nothing) otherwise.
+    fn fused(rk: &RoundKeys, chunk: u64, acc: &mut [Self], w: usize, negate: bool) -> bool;
+}
+
+impl Lane for u32 {
+    fn add_words(acc: &mut [u32], ks: &[u8], w: usize, negate: bool) {
+        add_words32(acc, ks, w, negate)
+    }
+    fn fused(rk: &RoundKeys, chunk: u64, lanes: &mut [u32], w: usize, negate: bool) -> bool {
+        w == 4 && ctr::apply(rk, chunk, ctr::Sink::U32 { lanes, negate })
+    }
+}
+
+impl Lane for u64 {
+    fn add_words(acc: &mut [u64], ks: &[u8], w: usize, negate: bool) {
+        add_words64(acc, ks, w, negate)
+    }
+    fn fused(rk: &RoundKeys, chunk: u64, lanes: &mut [u64], w: usize, negate: bool) -> bool {
+        w == 8 && ctr::apply(rk, chunk, ctr::Sink::U64 { lanes, negate })
     }
 }
 
@@ -219,13 +311,13 @@ impl Accumulator {
             Accumulator::U32 { bits, lanes } => {
                 let w = lane_bytes(*bits);
                 split_chunks(lanes, masks, threads, &|l, c0| {
-                    apply_chunks(l, c0, masks, w, add_words32)
+                    apply_chunks(l, c0, masks, w)
                 })
             }
             Accumulator::U64 { bits, lanes } => {
                 let w = lane_bytes(*bits);
                 split_chunks(lanes, masks, threads, &|l, c0| {
-                    apply_chunks(l, c0, masks, w, add_words64)
+                    apply_chunks(l, c0, masks, w)
                 })
             }
         }
@@ -271,10 +363,8 @@ pub fn mask_into_packed(bits: u32, input: &[u64], masks: &[SignedMask], out: &mu
         for (c, x) in input.chunks(CHUNK).enumerate() {
             let l = &mut lanes[..x.len()];
             l.copy_from_slice(x);
-            let ks = &mut buf[..x.len() * w];
             for m in masks {
-                m.prg.keystream(c as u64, ks);
-                add_words64(l, ks, w, m.negate);
+                m.prg.apply(c as u64, l, w, m.negate, &mut buf);
             }
             let start = out.len();
             out.resize(start + x.len() * w, 0);
@@ -289,10 +379,8 @@ pub fn mask_into_packed(bits: u32, input: &[u64], masks: &[SignedMask], out: &mu
             for (a, &v) in l.iter_mut().zip(x) {
                 *a = v as u32;
             }
-            let ks = &mut buf[..x.len() * w];
             for m in masks {
-                m.prg.keystream(c as u64, ks);
-                add_words32(l, ks, w, m.negate);
+                m.prg.apply(c as u64, l, w, m.negate, &mut buf);
             }
             let start = out.len();
             out.resize(start + x.len() * w, 0);
@@ -341,24 +429,20 @@ fn split_chunks<T: Send>(
 }
 
 /// Adds every mask into `lanes`, which start at chunk `first_chunk`.
-fn apply_chunks<T>(
-    lanes: &mut [T],
-    first_chunk: u64,
-    masks: &[SignedMask],
-    w: usize,
-    add: fn(&mut [T], &[u8], usize, bool),
-) {
+fn apply_chunks<T: Lane>(lanes: &mut [T], first_chunk: u64, masks: &[SignedMask], w: usize) {
     let mut buf = vec![0u8; CHUNK * w];
     for (c, part) in lanes.chunks_mut(CHUNK).enumerate() {
-        let ks = &mut buf[..part.len() * w];
         for m in masks {
-            m.prg.keystream(first_chunk + c as u64, ks);
-            add(part, ks, w, m.negate);
+            m.prg
+                .apply(first_chunk + c as u64, part, w, m.negate, &mut buf);
         }
     }
     buf.zeroize();
 }
 
+// The portable path's add loops, compiled also for AVX-512 and AVX2 and chosen at run time
+// (baseline x86-64 only has SSE2).
+#[multiversion(targets("x86_64+avx512f+avx512bw", "x86_64+avx2"))]
 fn add_words32(acc: &mut [u32], ks: &[u8], w: usize, negate: bool) {
     macro_rules! go {
         ($n:expr, $conv:expr) => {
@@ -380,6 +464,7 @@ fn add_words32(acc: &mut [u32], ks: &[u8], w: usize, negate: bool) {
     }
 }
 
+#[multiversion(targets("x86_64+avx512f+avx512bw", "x86_64+avx2"))]
 fn add_words64(acc: &mut [u64], ks: &[u8], w: usize, negate: bool) {
     macro_rules! go {
         ($n:expr, $conv:expr) => {

@@ -399,87 +399,73 @@ impl Server {
         self.finish_threads(1)
     }
 
-    /// [`Server::finish`], regenerating the masks on up to `threads` scoped threads (the
-    /// calling thread included; 0 counts as 1), each over a disjoint range of the d
-    /// coordinates with its own chunk buffer, so memory stays O(d + n k). The result is the
-    /// same for every `threads`. This is the only place the crate starts threads, and only
-    /// when the caller asks for more than one.
+    /// [`Server::finish`] on up to `threads` scoped threads (the calling thread included; 0
+    /// counts as 1). First the secrets: the survivors' seeds and the dropped sites' keys are
+    /// reconstructed and checked, and the dropped sites' pairwise seeds agreed, the sites
+    /// dealt to the threads in turn; then the masks are regenerated with each thread over a
+    /// disjoint range of the d coordinates with its own chunk buffer, so memory stays
+    /// O(d + n k). The result, and the error if the round aborts (that of the first failing
+    /// site in the sequential order), are the same for every `threads`. This is the only
+    /// place the crate starts threads, and only when the caller asks for more than one.
     pub fn finish_threads(&mut self, threads: usize) -> Result<Vec<u64>, SecAggError> {
         self.expect(Stage::Unmask, "finish")?;
-        let t = self.setup.params.threshold;
-        let (round_id, digest) = (self.setup.round_id, self.digest);
-        let mut masks = Vec::new();
-        for &w in &self.u3 {
-            let shares: Vec<&Share> = self
-                .seed_shares
-                .get(&w)
-                .map(|v| v.iter().collect())
-                .unwrap_or_default();
-            if shares.len() < t {
-                let d = format!(
-                    "{} self-mask shares of site {w} arrived, threshold {t}",
-                    shares.len()
-                );
-                return Err(self.abort(Stage::Unmask, d));
+        let jobs: Vec<Secret> = self
+            .u3
+            .iter()
+            .map(|&w| Secret::SelfMask(w))
+            .chain(
+                self.dropped_with_partners()
+                    .into_iter()
+                    .map(Secret::MaskKey),
+            )
+            .collect();
+        let workers = threads.clamp(1, jobs.len().max(1));
+        let mut results: Vec<Option<Result<Vec<SignedMask>, Failure>>> =
+            (0..jobs.len()).map(|_| None).collect();
+        if workers == 1 {
+            for (r, &job) in results.iter_mut().zip(&jobs) {
+                let m = self.masks_of(job);
+                let failed = m.is_err();
+                *r = Some(m);
+                if failed {
+                    break;
+                }
             }
-            let seed = shamir::reconstruct(&shares, t);
-            let commit = self.keys[w as usize]
-                .as_ref()
-                .map(|k| k.self_mask_commitment);
-            match seed {
-                Some(seed) if Some(commitment(&digest, w, &seed)) == commit => {
-                    masks.push(SignedMask {
-                        prg: MaskPrg::new(&seed),
-                        negate: true,
-                    });
+        } else {
+            let this = &*self;
+            let jobs = &jobs;
+            // Thread k takes jobs k, k + workers, ...: the dropped sites' keys, each costing
+            // one agreement per surviving neighbour, come last and are spread evenly.
+            let deal = move |k: usize| -> Vec<(usize, Result<Vec<SignedMask>, Failure>)> {
+                (k..jobs.len())
+                    .step_by(workers)
+                    .map(|i| (i, this.masks_of(jobs[i])))
+                    .collect()
+            };
+            let done = std::thread::scope(|s| {
+                let handles: Vec<_> = (1..workers).map(|k| s.spawn(move || deal(k))).collect();
+                let mut done = deal(0);
+                for h in handles {
+                    match h.join() {
+                        Ok(part) => done.extend(part),
+                        Err(panic) => std::panic::resume_unwind(panic),
+                    }
                 }
-                _ => {
-                    self.abort(Stage::Unmask, String::new());
-                    return Err(SecAggError::BadShares(w));
-                }
+                done
+            });
+            for (i, r) in done {
+                results[i] = Some(r);
             }
         }
-        for w in self.dropped_with_partners() {
-            let shares: Vec<&Share> = self
-                .key_shares
-                .get(&w)
-                .map(|v| v.iter().collect())
-                .unwrap_or_default();
-            if shares.len() < t {
-                let d = format!(
-                    "{} key shares of dropped site {w} arrived, threshold {t}",
-                    shares.len()
-                );
-                return Err(self.abort(Stage::Unmask, d));
-            }
-            let Some(bytes) = shamir::reconstruct(&shares, t) else {
-                self.abort(Stage::Unmask, String::new());
-                return Err(SecAggError::BadShares(w));
-            };
-            let secret = X25519Secret::from_bytes(*bytes);
-            let keys = self.keys[w as usize].as_ref();
-            if keys.map(|k| k.mask_public_key) != Some(secret.public_key()) {
-                self.abort(Stage::Unmask, String::new());
-                return Err(SecAggError::BadShares(w));
-            }
-            for &v in &self.adjacency[w as usize] {
-                if !self.u3.contains(&v) {
-                    continue;
-                }
-                let peer = self.keys[v as usize]
-                    .as_ref()
-                    .map(|k| k.mask_public_key)
-                    .unwrap_or([0; 32]);
-                let Some(shared) = secret.agree(&peer) else {
+        let mut masks = Vec::new();
+        for r in results.into_iter().flatten() {
+            match r {
+                Ok(m) => masks.extend(m),
+                Err(Failure::Short(detail)) => return Err(self.abort(Stage::Unmask, detail)),
+                Err(Failure::Bad(e)) => {
                     self.abort(Stage::Unmask, String::new());
-                    return Err(SecAggError::WeakKey(v));
-                };
-                let s = pairwise_seed(&round_id, &digest, v, w, &shared);
-                // v added the mask if v < w and subtracted it otherwise; undo that.
-                masks.push(SignedMask {
-                    prg: MaskPrg::new(&s),
-                    negate: v < w,
-                });
+                    return Err(e);
+                }
             }
         }
         let Some(mut sum) = self.sum.take() else {
@@ -491,4 +477,78 @@ impl Server {
         self.key_shares.clear();
         Ok(sum.into_values())
     }
+
+    /// The masks to remove for one secret: a survivor's self mask, or the pairwise masks of a
+    /// dropped site with each surviving neighbour. Reads only.
+    fn masks_of(&self, job: Secret) -> Result<Vec<SignedMask>, Failure> {
+        let t = self.setup.params.threshold;
+        let (round_id, digest) = (&self.setup.round_id, &self.digest);
+        let (w, shares, what) = match job {
+            Secret::SelfMask(w) => (w, self.seed_shares.get(&w), "self-mask shares of site"),
+            Secret::MaskKey(w) => (w, self.key_shares.get(&w), "key shares of dropped site"),
+        };
+        let shares: Vec<&Share> = shares.map(|v| v.iter().collect()).unwrap_or_default();
+        if shares.len() < t {
+            return Err(Failure::Short(format!(
+                "{} {what} {w} arrived, threshold {t}",
+                shares.len()
+            )));
+        }
+        let bad = || Failure::Bad(SecAggError::BadShares(w));
+        let secret = shamir::reconstruct(&shares, t).ok_or_else(bad)?;
+        let keys = self.keys[w as usize].as_ref();
+        match job {
+            Secret::SelfMask(_) => {
+                if keys.map(|k| k.self_mask_commitment) != Some(commitment(digest, w, &secret)) {
+                    return Err(bad());
+                }
+                Ok(vec![SignedMask {
+                    prg: MaskPrg::new(&secret),
+                    negate: true,
+                }])
+            }
+            Secret::MaskKey(_) => {
+                let secret = X25519Secret::from_bytes(*secret);
+                if keys.map(|k| k.mask_public_key) != Some(secret.public_key()) {
+                    return Err(bad());
+                }
+                let mut masks = Vec::new();
+                for &v in &self.adjacency[w as usize] {
+                    if !self.u3.contains(&v) {
+                        continue;
+                    }
+                    let peer = self.keys[v as usize]
+                        .as_ref()
+                        .map(|k| k.mask_public_key)
+                        .unwrap_or([0; 32]);
+                    let shared = secret
+                        .agree(&peer)
+                        .ok_or(Failure::Bad(SecAggError::WeakKey(v)))?;
+                    let s = pairwise_seed(round_id, digest, v, w, &shared);
+                    // v added the mask if v < w and subtracted it otherwise; undo that.
+                    masks.push(SignedMask {
+                        prg: MaskPrg::new(&s),
+                        negate: v < w,
+                    });
+                }
+                Ok(masks)
+            }
+        }
+    }
+}
+
+/// A secret the coordinator reconstructs at the end of a round.
+#[derive(Debug, Clone, Copy)]
+enum Secret {
+    /// A survivor's self-mask seed.
+    SelfMask(u32),
+    /// A dropped site's mask secret key.
+    MaskKey(u32),
+}
+
+/// Why a secret could not be used: too few shares (the round aborts for dropouts) or shares or
+/// keys that do not check out.
+enum Failure {
+    Short(String),
+    Bad(SecAggError),
 }

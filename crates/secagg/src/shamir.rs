@@ -68,39 +68,75 @@ pub fn eval_poly(coeffs: &[u64], x: u64) -> u64 {
     coeffs.iter().rev().fold(0, |acc, &c| add(mul(acc, x), c))
 }
 
-/// Lagrange weights for evaluating, at `at`, the polynomial through points with abscissae
-/// `xs`. `None` if two abscissae coincide.
-fn lagrange_weights(xs: &[u64], at: u64) -> Option<Vec<u64>> {
-    // w_i = num_i / den_i; all denominators are inverted with one field inversion
-    // (Montgomery's batch trick): prefix[i] = den_0 ⋯ den_{i-1}.
-    let mut nums = Vec::with_capacity(xs.len());
-    let mut dens = Vec::with_capacity(xs.len());
-    let mut prefix = Vec::with_capacity(xs.len());
+/// Inverts every element with one field inversion (Montgomery's batch trick). `None` if any
+/// element is zero.
+fn batch_inv(v: &[u64]) -> Option<Vec<u64>> {
+    // prefix[i] = v_0 ⋯ v_{i-1}; the product of all is zero exactly when some v_i is.
+    let mut prefix = Vec::with_capacity(v.len());
     let mut acc = 1u64;
-    for (i, &xi) in xs.iter().enumerate() {
-        let mut num = 1u64;
-        let mut den = 1u64;
-        for (j, &xj) in xs.iter().enumerate() {
-            if i != j {
-                num = mul(num, sub(at, xj));
-                den = mul(den, sub(xi, xj));
-            }
-        }
-        nums.push(num);
-        dens.push(den);
+    for &x in v {
         prefix.push(acc);
-        acc = mul(acc, den);
+        acc = mul(acc, x);
     }
-    // Zero exactly when some den_i is zero, i.e. two abscissae coincide.
     let mut inv_rest = inv(acc)?;
-    let mut w = vec![0u64; xs.len()];
-    for i in (0..xs.len()).rev() {
-        // inv_rest = 1 / (den_0 ⋯ den_i).
-        let inv_den = mul(inv_rest, prefix[i]);
-        inv_rest = mul(inv_rest, dens[i]);
-        w[i] = mul(nums[i], inv_den);
+    let mut out = vec![0u64; v.len()];
+    for i in (0..v.len()).rev() {
+        // inv_rest = 1 / (v_0 ⋯ v_i).
+        out[i] = mul(inv_rest, prefix[i]);
+        inv_rest = mul(inv_rest, v[i]);
     }
-    Some(w)
+    Some(out)
+}
+
+/// The Lagrange basis over distinct abscissae `xs`, in barycentric form: with
+/// c_i = 1 / ∏_{j≠i} (x_i − x_j) computed once (O(t²)), the weights at any other point cost
+/// O(t): L_i(at) = ℓ(at) c_i / (at − x_i), where ℓ(at) = ∏_j (at − x_j). Reconstruction
+/// checks every share beyond the t it interpolates from, so this keeps a secret with many
+/// extra shares at O(t² + extra · t) instead of O(extra · t²).
+struct Basis<'a> {
+    xs: &'a [u64],
+    c: Vec<u64>,
+}
+
+impl<'a> Basis<'a> {
+    /// `None` if two abscissae coincide.
+    fn new(xs: &'a [u64]) -> Option<Basis<'a>> {
+        let dens: Vec<u64> = xs
+            .iter()
+            .enumerate()
+            .map(|(i, &xi)| {
+                xs.iter()
+                    .enumerate()
+                    .filter(|&(j, _)| j != i)
+                    .fold(1, |d, (_, &xj)| mul(d, sub(xi, xj)))
+            })
+            .collect();
+        Some(Basis {
+            xs,
+            c: batch_inv(&dens)?,
+        })
+    }
+
+    /// Weights w with f(at) = Σ w_i f(x_i) for every polynomial f of degree < xs.len().
+    /// `None` if `at` is one of the abscissae.
+    fn weights_at(&self, at: u64) -> Option<Vec<u64>> {
+        let diffs: Vec<u64> = self.xs.iter().map(|&xj| sub(at, xj)).collect();
+        let inv_diffs = batch_inv(&diffs)?;
+        let l = diffs.iter().fold(1, |a, &d| mul(a, d));
+        Some(
+            self.c
+                .iter()
+                .zip(&inv_diffs)
+                .map(|(&ci, &di)| mul(l, mul(ci, di)))
+                .collect(),
+        )
+    }
+}
+
+/// Lagrange weights for evaluating, at `at`, the polynomial through points with abscissae
+/// `xs`. `None` if two abscissae coincide or `at` is one of them.
+fn lagrange_weights(xs: &[u64], at: u64) -> Option<Vec<u64>> {
+    Basis::new(xs)?.weights_at(at)
 }
 
 /// The value at 0 of the polynomial of degree < points.len() through `points`.
@@ -201,7 +237,8 @@ pub fn reconstruct(shares: &[&Share], threshold: usize) -> Option<Zeroizing<[u8;
     if xs.iter().any(|&x| x == 0 || x >= P) {
         return None;
     }
-    let w0 = lagrange_weights(&xs, 0)?;
+    let basis = Basis::new(&xs)?;
+    let w0 = basis.weights_at(0)?;
     let mut secret = Zeroizing::new([0u8; 32]);
     let mut off = 0;
     for (c, &len) in CHUNK_BYTES.iter().enumerate() {
@@ -219,7 +256,7 @@ pub fn reconstruct(shares: &[&Share], threshold: usize) -> Option<Zeroizing<[u8;
         if e.x == 0 || xs.contains(&e.x) {
             return None;
         }
-        let we = lagrange_weights(&xs, e.x)?;
+        let we = basis.weights_at(e.x)?;
         for c in 0..CHUNKS {
             let v = base
                 .iter()
@@ -321,6 +358,41 @@ mod tests {
                         assert_ne!(reconstruct(&pick, t - 1).as_deref(), Some(&secret));
                     }
                 }
+            }
+        }
+    }
+
+    /// The barycentric weights equal the textbook ∏_{j≠i} (at − x_j) / (x_i − x_j), and
+    /// repeated abscissae or an evaluation point among them give `None`.
+    #[test]
+    fn barycentric_weights_match_the_textbook_formula() {
+        let mut rng = ChaCha20Rng::from_seed([4; 32]);
+        for t in 1..=12usize {
+            let mut xs: Vec<u64> = Vec::new();
+            while xs.len() < t {
+                let x = uniform(&mut rng);
+                if x != 0 && !xs.contains(&x) {
+                    xs.push(x);
+                }
+            }
+            for at in [0, 1, uniform(&mut rng), P - 1] {
+                if xs.contains(&at) {
+                    continue;
+                }
+                let textbook: Vec<u64> = (0..t)
+                    .map(|i| {
+                        (0..t).filter(|&j| j != i).fold(1, |w, j| {
+                            mul(w, mul(sub(at, xs[j]), inv(sub(xs[i], xs[j])).unwrap()))
+                        })
+                    })
+                    .collect();
+                assert_eq!(lagrange_weights(&xs, at), Some(textbook), "t {t}, at {at}");
+            }
+            assert_eq!(lagrange_weights(&xs, xs[t - 1]), None);
+            if t >= 2 {
+                let mut dup = xs.clone();
+                dup[0] = dup[1];
+                assert_eq!(lagrange_weights(&dup, 0), None);
             }
         }
     }

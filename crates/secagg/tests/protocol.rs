@@ -434,20 +434,29 @@ fn server_refuses_a_response_that_does_not_match_its_request() {
 
 #[test]
 fn a_corrupted_revealed_share_is_caught() {
-    let mut st = staged(9);
-    for i in 0..5u32 {
-        let m = st.clients[i as usize]
-            .masked_input(&st.forwarded[&i], &[7u64; 8])
-            .unwrap();
-        st.server.add_masked(m).unwrap();
-    }
-    let reqs = st.server.masked_done().unwrap();
-    for i in 0..5u32 {
-        let mut r = st.clients[i as usize].unmask(&reqs[&i]).unwrap();
-        if i == 0 {
-            r.shares[0].share[0] = (r.shares[0].share[0] + 1) % fedcare_secagg::shamir::P;
+    // The same error, naming the same site, whether the secrets are checked on 1 or 3 threads.
+    let mut errors = Vec::new();
+    for threads in [1, 3] {
+        let mut st = staged(9);
+        for i in 0..5u32 {
+            let m = st.clients[i as usize]
+                .masked_input(&st.forwarded[&i], &[7u64; 8])
+                .unwrap();
+            st.server.add_masked(m).unwrap();
         }
-        st.server.add_unmask(r).unwrap();
+        let reqs = st.server.masked_done().unwrap();
+        for i in 0..5u32 {
+            let mut r = st.clients[i as usize].unmask(&reqs[&i]).unwrap();
+            if i == 0 {
+                r.shares[0].share[0] = (r.shares[0].share[0] + 1) % fedcare_secagg::shamir::P;
+            }
+            st.server.add_unmask(r).unwrap();
+        }
+        let e = st.server.finish_threads(threads).unwrap_err();
+        assert!(matches!(e, SecAggError::BadShares(_)), "{e:?}");
+        // The round is over for good.
+        assert_eq!(st.server.finish(), Err(SecAggError::Aborted));
+        errors.push(e);
     }
-    assert!(matches!(st.server.finish(), Err(SecAggError::BadShares(_))));
+    assert_eq!(errors[0], errors[1]);
 }

@@ -164,6 +164,8 @@ fn mask_prg_is_aes_128_ctr() {
     let mut buf = [0u8; 16];
     prg::MaskPrg::new(&[0u8; 32]).keystream(0, &mut buf);
     assert_eq!(buf.to_vec(), hex("8da732a131c98feb05df2dce52cd883f"));
+    prg::MaskPrg::new_portable(&[0u8; 32]).keystream(0, &mut buf);
+    assert_eq!(buf.to_vec(), hex("8da732a131c98feb05df2dce52cd883f"));
 
     let seed: [u8; 32] = std::array::from_fn(|i| i as u8);
     let mut ks = [0u8; 64];
@@ -230,6 +232,54 @@ fn threaded_and_packed_masking_match_the_accumulator() {
                 assert!(bits % 8 != 0, "bits {bits}");
             }
         }
+    }
+}
+
+/// The fast path (VAES, where the CPU has it) and the portable path (`ring`) give the same
+/// masks through every entry point: accumulators of every lane width (fused and buffered
+/// widths), threaded unmasking, one-pass packing, and the raw keystream, for ragged lengths.
+#[test]
+fn fast_and_portable_mask_paths_agree() {
+    let c = prg::CHUNK;
+    let masks = |portable: bool| -> Vec<prg::SignedMask> {
+        (0..5u8)
+            .map(|i| prg::SignedMask {
+                prg: if portable {
+                    prg::MaskPrg::new_portable(&[i ^ 0x5c; 32])
+                } else {
+                    prg::MaskPrg::new(&[i ^ 0x5c; 32])
+                },
+                negate: i % 3 == 1,
+            })
+            .collect()
+    };
+    for bits in [1u32, 8, 12, 16, 24, 32, 33, 48, 64] {
+        for dim in [1, 127, 129, c - 1, 2 * c + 513] {
+            let top = if bits == 64 {
+                u64::MAX
+            } else {
+                (1u64 << bits) - 1
+            };
+            let input: Vec<u64> = (0..dim as u64)
+                .map(|i| i.wrapping_mul(0xbf58476d1ce4e5b9) & top)
+                .collect();
+            let mut portable = prg::Accumulator::from_values(bits, &input);
+            portable.apply_masks(&masks(true));
+            let mut fast = prg::Accumulator::from_values(bits, &input);
+            fast.apply_masks_threads(&masks(false), 2);
+            assert_eq!(fast, portable, "bits {bits}, dim {dim}");
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            if prg::mask_into_packed(bits, &input, &masks(false), &mut a) {
+                assert!(prg::mask_into_packed(bits, &input, &masks(true), &mut b));
+                assert_eq!(a, b, "bits {bits}, dim {dim}");
+            }
+        }
+    }
+    for len in [0usize, 1, 17, 511, 512, 513, 4 * c, 8 * c] {
+        let (mut a, mut b) = (vec![1u8; len], vec![2u8; len]);
+        prg::MaskPrg::new(&[9; 32]).keystream(12345, &mut a);
+        prg::MaskPrg::new_portable(&[9; 32]).keystream(12345, &mut b);
+        assert_eq!(a, b, "keystream of {len} bytes");
     }
 }
 
