@@ -23,11 +23,14 @@
 //! * Poisson-subsampled and plain Gaussian: checked against dp_accounting 0.6.0 on 250 points
 //!   (`tests/reference_vectors.rs`): relative difference <= 1.4e-7, always on the larger side.
 //! * Sum of discrete Gaussians (Kairouz, Liu, Steinke 2021): implemented from the paper's
-//!   Theorem 1; the single-site case equals the Gaussian bound exactly, but the multi-site
-//!   bound is not yet cross-checked against a reference implementation.
+//!   Theorem 1; the single-site case equals the Gaussian bound exactly, and the multi-site
+//!   bound with the rounded sensitivities agrees with the authors' reference accounting
+//!   (google-research/federated, distributed_dp) on 100 points x 128 orders to 7e-16
+//!   relative (`tests/reference_vectors.rs`, `tests/reference/make_ddg_vectors.py`).
 //! * [`ddg`]: the distributed discrete Gaussian encoder (clip, Hadamard rotation, conditional
-//!   rounding, exact noise, mod 2^b; and the server's decode), tested in `tests/ddg.rs`. Not
-//!   yet wired to `fedcare-secagg`'s `Encoder` trait (that adapter lives outside this crate).
+//!   rounding, exact noise, mod 2^b; and the server's decode), tested in `tests/ddg.rs`; secure
+//!   rounds use it in place of secure aggregation's quantiser (`fedcare-protocol`'s
+//!   `secure` module; the site encodes, the coordinator decodes the unmasked sum).
 //! * Skellam: the sampler exists (exact, O(mu) time); its RDP (Agarwal et al. 2021) does not.
 //! * No PLD accountant (dp_accounting's PLD gives ~2.38 where RDP gives ~2.60 on the
 //!   issue's example).
