@@ -484,6 +484,12 @@ impl Coordinator {
             let Some(action) = job.run.poll() else { return };
             match action {
                 Action::Send { site, task } => {
+                    // Once secure aggregation starts, no task names the current model again
+                    // before the round ends with a new one: free its encoding for the
+                    // unmasking, the round's memory peak.
+                    if matches!(task.kind, fedcare_protocol::messages::TaskKind::ShareKeys { .. }) {
+                        job.model_payload = None;
+                    }
                     // A model too large for one message goes first, in chunks cut from one
                     // shared encoding; the task then names it by digest.
                     let mut chunks = Vec::new();
@@ -548,7 +554,14 @@ impl Coordinator {
                     }
                     if let JobEvent::RoundDone(record) = &event {
                         self.inner.metrics.round_completed(record.finished_ms.saturating_sub(record.started_ms));
-                        let model_sha256 = fedcare_audit::sha256_hex(&job.run.model().iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>());
+                        // The same digest as the model's chunked encoding, hashed without a copy.
+                        let model_sha256 = {
+                            let mut h = ring::digest::Context::new(&ring::digest::SHA256);
+                            for v in job.run.model().iter() {
+                                h.update(&v.to_le_bytes());
+                            }
+                            hex(h.finish().as_ref())
+                        };
                         let sites = record.sites.iter().map(|s| s.to_string()).collect();
                         let payloads = std::mem::take(&mut job.payloads);
                         if let Err(reason) = self.audit(fedcare_audit::AuditEvent::RoundCompleted { job_id: id.to_string(), round: record.round, sites, model_sha256, payloads }) {
