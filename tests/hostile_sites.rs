@@ -21,6 +21,9 @@ struct RogueLog {
     other_job: Option<(Code, String)>,
     forged_site: Option<(Code, String)>,
     silent_round: Option<u32>,
+    /// Chunked replies (for updates too large for one message) that are damaged or trickled.
+    chunk_checksum: Option<(Code, String)>,
+    chunk_trickle: Option<(Code, String)>,
 }
 
 async fn rogue(url: String, other_job: String) -> RogueLog {
@@ -58,6 +61,19 @@ async fn rogue(url: String, other_job: String) -> RogueLog {
                         delta[0] = f32::NAN;
                         let r = reply(R::Update(pb::ModelUpdate { round: 1, num_examples: 100, delta, train_loss: 0.1 }));
                         last_reply = Some(r.clone());
+                        // The same reply in chunks, first with a changed byte, then in 1-byte
+                        // pieces: both refused whole, and the round still expects this site.
+                        let payload = bytes::Bytes::from(prost::Message::encode_to_vec(&r));
+                        let digest = fedcare_wire::chunk::sha256(&payload);
+                        let mut damaged: Vec<pb::Chunk> = fedcare_wire::chunk::split(&payload, digest, 64 << 10).collect();
+                        let mut last = damaged.pop().unwrap();
+                        let mut data = last.data.to_vec();
+                        data[0] ^= 1;
+                        last.data = bytes::Bytes::from(data);
+                        damaged.push(last);
+                        log.chunk_checksum = err(client.submit_chunked(futures::stream::iter(damaged)).await);
+                        let trickle: Vec<pb::Chunk> = fedcare_wire::chunk::split(&payload, digest, 1).take(3).collect();
+                        log.chunk_trickle = err(client.submit_chunked(futures::stream::iter(trickle)).await);
                         log.nan_update = err(client.submit(r).await);
                     }
                     2 => {
@@ -137,6 +153,12 @@ async fn hostile_and_broken_sites_are_refused_and_the_job_completes() {
     assert_eq!(code, Code::InvalidArgument);
     assert!(msg.contains("site_id"), "{msg}");
     assert_eq!(log.silent_round, Some(3));
+    let (code, msg) = log.chunk_checksum.expect("damaged chunked reply answered");
+    assert_eq!(code, Code::InvalidArgument);
+    assert!(msg.contains("SHA-256"), "{msg}");
+    let (code, msg) = log.chunk_trickle.expect("trickled chunked reply answered");
+    assert_eq!(code, Code::InvalidArgument);
+    assert!(msg.contains("at least"), "{msg}");
 
     // The rounds went on with the three honest sites, and the refusals are in the job's log.
     assert_eq!(report.rounds.len(), 3);

@@ -91,6 +91,9 @@ impl ModelPayload {
 /// wait (their bytes stay in the network's flow-control windows).
 pub const UPLOAD_BUDGET_MIB: u32 = 64;
 
+/// Longest wait for the next chunk of a chunked reply.
+const CHUNK_IDLE: Duration = Duration::from_secs(60);
+
 /// Rebuilds a running job from the store: its spec, the model after its last recorded round,
 /// the records of rounds 1..=last, and the events already published (watchers replay them).
 fn resume(store: &Store, job: &JobRecord) -> Result<JobEntry, String> {
@@ -967,15 +970,22 @@ impl pb::site_service_server::SiteService for SiteApi {
             Status::invalid_argument(format!("chunked reply refused: {e}"))
         };
         let mut stream = request.into_inner();
-        let first = stream.message().await?.ok_or_else(|| malformed(fedcare_wire::chunk::ChunkError::EmptyPayload))?;
-        let mut asm = fedcare_wire::chunk::Assembler::new(&first, fedcare_wire::chunk::MAX_PAYLOAD_BYTES).map_err(malformed)?;
+        // A sender that stalls is cut off rather than left holding its buffer and the budget.
+        let mut next = async || match tokio::time::timeout(CHUNK_IDLE, stream.message()).await {
+            Ok(m) => m,
+            Err(_) => Err(Status::deadline_exceeded(format!("chunked reply: no chunk for {} s", CHUNK_IDLE.as_secs()))),
+        };
+        let first = next().await?.ok_or_else(|| malformed(fedcare_wire::chunk::ChunkError::EmptyPayload))?;
+        let mut asm = fedcare_wire::chunk::Assembler::new(&first, fedcare_wire::chunk::MAX_PAYLOAD_BYTES)
+            .map_err(malformed)?
+            .with_min_chunk(fedcare_wire::chunk::MIN_CHUNK_BYTES);
         // Hold budget for the whole payload (all of it if the payload is larger) before taking
         // any of it in.
         let mib = asm.total().div_ceil(1 << 20).clamp(1, u64::from(UPLOAD_BUDGET_MIB)) as u32;
         let _permit = self.0.inner.upload_budget.clone().acquire_many_owned(mib).await.map_err(|_| Status::unavailable("the coordinator is shutting down"))?;
         let mut complete = asm.push(&first).map_err(malformed)?;
         drop(first);
-        while let Some(c) = stream.message().await? {
+        while let Some(c) = next().await? {
             if complete {
                 return Err(malformed(fedcare_wire::chunk::ChunkError::Overrun { total: asm.total() }));
             }

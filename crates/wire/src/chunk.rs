@@ -30,6 +30,10 @@ pub const INLINE_LIMIT: usize = 1 << 20;
 /// Largest payload either side accepts: 1 GiB, a model of 268 million f32 parameters.
 pub const MAX_PAYLOAD_BYTES: u64 = 1 << 30;
 
+/// Smallest chunk a receiver accepts other than a payload's last: a sender cannot make it
+/// hold a payload's buffer (and its share of the upload budget) while trickling bytes.
+pub const MIN_CHUNK_BYTES: usize = 64 << 10;
+
 /// Why a chunked payload was refused. Nothing of a refused payload is used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChunkError {
@@ -39,6 +43,8 @@ pub enum ChunkError {
     EmptyPayload,
     #[error("a chunk carries no data")]
     EmptyChunk,
+    #[error("a chunk of {got} bytes before the payload's last: chunks must carry at least {min}")]
+    SmallChunk { got: usize, min: usize },
     #[error("a chunk's SHA-256 must be 32 bytes, got {0}")]
     BadDigest(usize),
     #[error("a chunk starts at byte {got}, expected {expected}: chunks must arrive in order, without gaps or overlaps")]
@@ -77,6 +83,7 @@ pub struct Assembler {
     total: u64,
     buf: Vec<u8>,
     hasher: Sha256,
+    min_chunk: usize,
 }
 
 impl Assembler {
@@ -92,7 +99,14 @@ impl Assembler {
         }
         // `total_len <= limit`, and every limit used is far below `usize::MAX` on 64-bit targets.
         let capacity = usize::try_from(first.total_len).map_err(|_| ChunkError::TooLarge { total: first.total_len, limit })?;
-        Ok(Assembler { digest, total: first.total_len, buf: Vec::with_capacity(capacity), hasher: Sha256::new() })
+        Ok(Assembler { digest, total: first.total_len, buf: Vec::with_capacity(capacity), hasher: Sha256::new(), min_chunk: 1 })
+    }
+
+    /// Refuses chunks shorter than `min` bytes other than the payload's last
+    /// ([`MIN_CHUNK_BYTES`] for a peer that might trickle).
+    pub fn with_min_chunk(mut self, min: usize) -> Assembler {
+        self.min_chunk = min.max(1);
+        self
     }
 
     /// The SHA-256 every chunk of this payload declares.
@@ -127,6 +141,9 @@ impl Assembler {
         }
         if have + c.data.len() as u64 > self.total {
             return Err(ChunkError::Overrun { total: self.total });
+        }
+        if c.data.len() < self.min_chunk && have + (c.data.len() as u64) < self.total {
+            return Err(ChunkError::SmallChunk { got: c.data.len(), min: self.min_chunk });
         }
         self.hasher.update(&c.data);
         self.buf.extend_from_slice(&c.data);
@@ -333,6 +350,20 @@ mod tests {
         assert_eq!(asm.push(&over), Err(ChunkError::Overrun { total: 50 }));
         let mut asm = Assembler::new(&good, MAX_PAYLOAD_BYTES).unwrap();
         assert_eq!(asm.push(&pb::Chunk { data: Bytes::new(), ..good.clone() }), Err(ChunkError::EmptyChunk));
+    }
+
+    #[test]
+    fn a_minimum_chunk_size_refuses_trickling_but_not_a_short_last_chunk() {
+        let p = payload(2500);
+        let cs = chunks(&p, 1000);
+        let mut asm = Assembler::new(&cs[0], MAX_PAYLOAD_BYTES).unwrap().with_min_chunk(1000);
+        for c in &cs {
+            asm.push(c).unwrap();
+        }
+        assert_eq!(asm.finish().unwrap(), p.to_vec());
+        let small = chunks(&p, 999);
+        let mut asm = Assembler::new(&small[0], MAX_PAYLOAD_BYTES).unwrap().with_min_chunk(1000);
+        assert_eq!(asm.push(&small[0]), Err(ChunkError::SmallChunk { got: 999, min: 1000 }));
     }
 
     proptest::proptest! {
