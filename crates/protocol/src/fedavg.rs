@@ -4,8 +4,11 @@
 /// Weighted running sum of model deltas.
 #[derive(Debug, Clone)]
 pub struct FedAvg {
+    /// The model's length.
+    len: usize,
     /// Sum of `num_examples * delta`, in f64 so the order in which sites arrive does not change
-    /// the result beyond the last bits of an f32.
+    /// the result beyond the last bits of an f32. Allocated with the first update: a secure
+    /// round never adds a plain update, and a large model's sum would be wasted memory.
     weighted_sum: Vec<f64>,
     total_examples: u64,
     /// Sum of `num_examples * train_loss`.
@@ -28,13 +31,13 @@ pub enum UpdateError {
 
 impl FedAvg {
     pub fn new(model_len: usize) -> FedAvg {
-        FedAvg { weighted_sum: vec![0.0; model_len], total_examples: 0, weighted_loss: 0.0, updates: 0 }
+        FedAvg { len: model_len, weighted_sum: Vec::new(), total_examples: 0, weighted_loss: 0.0, updates: 0 }
     }
 
     /// Checks an update without changing anything; [`FedAvg::add`] calls it first.
     pub fn check(&self, delta: &[f32], num_examples: u64, train_loss: f64) -> Result<(), UpdateError> {
-        if delta.len() != self.weighted_sum.len() {
-            return Err(UpdateError::WrongLength { expected: self.weighted_sum.len(), got: delta.len() });
+        if delta.len() != self.len {
+            return Err(UpdateError::WrongLength { expected: self.len, got: delta.len() });
         }
         if let Some((index, &value)) = delta.iter().enumerate().find(|(_, v)| !v.is_finite()) {
             return Err(UpdateError::NonFinite { index, value });
@@ -51,6 +54,9 @@ impl FedAvg {
     /// Folds in one site's update, or changes nothing and says why.
     pub fn add(&mut self, delta: &[f32], num_examples: u64, train_loss: f64) -> Result<(), UpdateError> {
         self.check(delta, num_examples, train_loss)?;
+        if self.weighted_sum.is_empty() {
+            self.weighted_sum = vec![0.0; self.len];
+        }
         let w = num_examples as f64;
         for (s, &d) in self.weighted_sum.iter_mut().zip(delta) {
             *s += w * f64::from(d);

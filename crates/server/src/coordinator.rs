@@ -976,13 +976,16 @@ impl pb::site_service_server::SiteService for SiteApi {
             Err(_) => Err(Status::deadline_exceeded(format!("chunked reply: no chunk for {} s", CHUNK_IDLE.as_secs()))),
         };
         let first = next().await?.ok_or_else(|| malformed(fedcare_wire::chunk::ChunkError::EmptyPayload))?;
+        if first.total_len > fedcare_wire::chunk::MAX_PAYLOAD_BYTES {
+            return Err(malformed(fedcare_wire::chunk::ChunkError::TooLarge { total: first.total_len, limit: fedcare_wire::chunk::MAX_PAYLOAD_BYTES }));
+        }
+        // Hold budget for the whole payload (all of it if the payload is larger) before
+        // allocating or taking in any of it.
+        let mib = first.total_len.div_ceil(1 << 20).clamp(1, u64::from(UPLOAD_BUDGET_MIB)) as u32;
+        let _permit = self.0.inner.upload_budget.clone().acquire_many_owned(mib).await.map_err(|_| Status::unavailable("the coordinator is shutting down"))?;
         let mut asm = fedcare_wire::chunk::Assembler::new(&first, fedcare_wire::chunk::MAX_PAYLOAD_BYTES)
             .map_err(malformed)?
             .with_min_chunk(fedcare_wire::chunk::MIN_CHUNK_BYTES);
-        // Hold budget for the whole payload (all of it if the payload is larger) before taking
-        // any of it in.
-        let mib = asm.total().div_ceil(1 << 20).clamp(1, u64::from(UPLOAD_BUDGET_MIB)) as u32;
-        let _permit = self.0.inner.upload_budget.clone().acquire_many_owned(mib).await.map_err(|_| Status::unavailable("the coordinator is shutting down"))?;
         let mut complete = asm.push(&first).map_err(malformed)?;
         drop(first);
         while let Some(c) = next().await? {
