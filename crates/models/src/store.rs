@@ -1,4 +1,4 @@
-//! Saving and loading models as safetensors through burn-store. Safetensors is a standard,
+//! Saving and loading models as safetensors (written directly, read through burn-store). Safetensors is a standard,
 //! inspectable format (readable from Python too); tensor names are the [`ParamLayout`] names
 //! (`linear.weight`, ...) and every tensor is f32 in Burn's shapes.
 //!
@@ -16,22 +16,18 @@ fn store_err(e: impl std::fmt::Display) -> ModelError {
     ModelError::Store(e.to_string())
 }
 
-/// Builds the Burn module for saving, after checking the parameters fit the spec.
+/// Builds the Burn module for saving through Burn's writer, after checking the parameters fit
+/// the spec (the tests' oracle for [`to_bytes`]).
+#[cfg(test)]
 fn module_for(spec: &ModelSpec, params: &FlatParams) -> Result<(Net, usize), ModelError> {
-    spec.validate()?;
-    let n_features = params
-        .layout
-        .entries
-        .first()
-        .and_then(|e| e.shape.first().copied())
-        .ok_or_else(|| ModelError::Shape("parameters have an empty layout".into()))?;
-    params.check_layout(&layout(spec, n_features))?;
+    let n_features = module_layout_check(spec, params)?;
     Ok((
         Net::from_flat(spec, n_features, params, &Device::flex()),
         n_features,
     ))
 }
 
+#[cfg(test)]
 fn with_metadata(
     store: SafetensorsStore,
     spec: &ModelSpec,
@@ -130,7 +126,73 @@ pub fn load(spec: &ModelSpec, n_features: usize, path: &Path) -> Result<FlatPara
 }
 
 /// Same as [`save`] but to an in-memory safetensors buffer, for sending over the network.
+///
+/// Written straight from the flat vector: safetensors is an 8-byte little-endian header
+/// length, a JSON header (each tensor's dtype, shape and byte range, and string metadata) and
+/// the tensors' little-endian bytes. Going through a Burn module and its writer held several
+/// more copies of the model at once, the coordinator's peak for a large model; this holds one.
+/// The layout matches Burn's writer (tensors in name order, header padded with spaces to an
+/// 8-byte boundary, keys sorted so the same model always gives the same bytes), Burn's reader
+/// loads it ([`from_bytes`]), and the tensor bytes equal Burn's own (tested).
 pub fn to_bytes(spec: &ModelSpec, params: &FlatParams) -> Result<Vec<u8>, ModelError> {
+    use serde_json::{Value, json};
+    use std::collections::BTreeMap;
+    module_layout_check(spec, params)?;
+    let mut tensors: Vec<(&str, &[usize], &[f32])> = Vec::with_capacity(params.layout.entries.len());
+    let mut at = 0;
+    for e in &params.layout.entries {
+        let n = e.numel();
+        let values = params.values.get(at..at + n).ok_or_else(|| ModelError::Shape("parameters shorter than their layout".into()))?;
+        tensors.push((&e.name, &e.shape, values));
+        at += n;
+    }
+    tensors.sort_by(|a, b| a.0.cmp(b.0));
+    let mut header: BTreeMap<String, Value> = BTreeMap::new();
+    let metadata: BTreeMap<&str, String> = BTreeMap::from([
+        ("fedcare.layout_digest", params.layout.digest()),
+        ("fedcare.model", spec.name().to_string()),
+        ("format", "safetensors".to_string()),
+        ("producer", "fedcare".to_string()),
+        ("version", env!("CARGO_PKG_VERSION").to_string()),
+    ]);
+    header.insert("__metadata__".into(), json!(metadata));
+    let mut offset = 0usize;
+    for (name, shape, values) in &tensors {
+        let end = offset + values.len() * 4;
+        header.insert((*name).to_string(), json!({"data_offsets": [offset, end], "dtype": "F32", "shape": shape}));
+        offset = end;
+    }
+    let mut text = serde_json::to_vec(&header).map_err(|e| ModelError::Store(format!("safetensors header: {e}")))?;
+    // Pad so the data starts on an 8-byte boundary, as the format's writers do.
+    text.resize((8 + text.len()).next_multiple_of(8) - 8, b' ');
+    let mut out = Vec::with_capacity(8 + text.len() + offset);
+    out.extend_from_slice(&(text.len() as u64).to_le_bytes());
+    out.extend_from_slice(&text);
+    for (_, _, values) in &tensors {
+        for v in *values {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    Ok(out)
+}
+
+/// Checks the parameters fit the spec; returns the model's input width.
+fn module_layout_check(spec: &ModelSpec, params: &FlatParams) -> Result<usize, ModelError> {
+    spec.validate()?;
+    let n_features = params
+        .layout
+        .entries
+        .first()
+        .and_then(|e| e.shape.first().copied())
+        .ok_or_else(|| ModelError::Shape("parameters have an empty layout".into()))?;
+    params.check_layout(&layout(spec, n_features))?;
+    Ok(n_features)
+}
+
+/// The file Burn's own writer makes for these parameters, with a canonical header: the oracle
+/// for [`to_bytes`] in the tests.
+#[cfg(test)]
+fn to_bytes_through_burn(spec: &ModelSpec, params: &FlatParams) -> Result<Vec<u8>, ModelError> {
     let (net, _) = module_for(spec, params)?;
     let mut store = with_metadata(SafetensorsStore::from_bytes(None), spec, params);
     net.save_into(&mut store).map_err(store_err)?;
@@ -141,6 +203,7 @@ pub fn to_bytes(spec: &ModelSpec, params: &FlatParams) -> Result<Vec<u8>, ModelE
 /// same bytes (Burn writes the metadata from a hash map, in a different order each run). The
 /// file's hash can then name the model in reports and model cards. The header keeps its length
 /// (it is padded with spaces, as the format allows), so the tensor data does not move.
+#[cfg(test)]
 fn canonical_header(mut bytes: Vec<u8>) -> Result<Vec<u8>, ModelError> {
     fn sorted(v: serde_json::Value) -> serde_json::Value {
         match v {
@@ -200,6 +263,33 @@ mod tests {
                 .params,
             x,
         )
+    }
+
+    /// Splits a safetensors file into its parsed header and its data section.
+    fn parts(bytes: &[u8]) -> (serde_json::Value, Vec<u8>) {
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        assert_eq!((8 + n) % 8, 0, "data starts on an 8-byte boundary");
+        (serde_json::from_slice(&bytes[8..8 + n]).unwrap(), bytes[8 + n..].to_vec())
+    }
+
+    #[test]
+    fn the_direct_writer_matches_burns_writer_and_burn_reads_it() {
+        for (spec, d) in [(ModelSpec::LogisticRegression, 15), (ModelSpec::Mlp { hidden: vec![4, 3] }, 5), (ModelSpec::Mlp { hidden: vec![7, 6, 5] }, 3)] {
+            let (params, _) = trained(&spec, d);
+            let ours = to_bytes(&spec, &params).unwrap();
+            let burns = to_bytes_through_burn(&spec, &params).unwrap();
+            let ((mut h1, d1), (mut h2, d2)) = (parts(&ours), parts(&burns));
+            assert_eq!(d1, d2, "{spec:?}: the tensor bytes are Burn's");
+            // The same tensor entries; the metadata differs only in who wrote the file.
+            for h in [&mut h1, &mut h2] {
+                let m = h["__metadata__"].as_object_mut().unwrap();
+                m.remove("producer");
+                m.remove("version");
+            }
+            assert_eq!(h1, h2, "{spec:?}");
+            let back = from_bytes(&spec, d, &ours).unwrap();
+            assert_eq!(back.values, params.values, "{spec:?}: Burn's reader gets the same values");
+        }
     }
 
     #[test]
