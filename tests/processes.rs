@@ -8,6 +8,18 @@ use std::time::{Duration, Instant};
 
 use fedcare_e2e::{SITES, binary, example_dir, write_site_config};
 
+/// `coordinator serve` without TLS on 127.0.0.1:`port`, its state in `state`, output discarded.
+fn plaintext_coordinator(port: u16, state: &std::path::Path) -> Child {
+    Command::new(binary("coordinator"))
+        .args(["serve", "--insecure-plaintext", "--listen", &format!("127.0.0.1:{port}"), "--state"])
+        .arg(state)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("coordinator starts")
+}
+
 /// Kills the child processes when the test ends, however it ends.
 struct Procs(Vec<Child>);
 
@@ -221,16 +233,7 @@ async fn a_job_interrupted_by_a_coordinator_crash_resumes_and_ends_with_the_same
     let audit = dir.path().join("coordinator.audit.jsonl");
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
-    let start = || {
-        Command::new(binary("coordinator"))
-            .args(["serve", "--insecure-plaintext", "--listen", &format!("127.0.0.1:{port}"), "--state"])
-            .arg(&state)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("coordinator starts")
-    };
+    let start = || plaintext_coordinator(port, &state);
     let mut procs = Procs(vec![start()]);
     for site in SITES {
         procs.0.push(
@@ -402,16 +405,7 @@ async fn a_model_over_50_mb_travels_in_chunks_and_the_coordinator_keeps_a_few_co
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
-    let procs = Procs(vec![
-        Command::new(binary("coordinator"))
-            .args(["serve", "--insecure-plaintext", "--listen", &format!("127.0.0.1:{port}"), "--state"])
-            .arg(dir.path().join("coordinator.redb"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("coordinator starts"),
-    ]);
+    let procs = Procs(vec![plaintext_coordinator(port, &dir.path().join("coordinator.redb"))]);
     let pid = procs.0[0].id();
     let stop = spawn_example_sites(&url);
     let mut admin = admin_once_sites_connect(&url, 4).await;

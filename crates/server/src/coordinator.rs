@@ -656,7 +656,13 @@ impl Coordinator {
         let transient = matches!(event.kind, Some(pb::job_event::Kind::Progress(_)));
         if !transient
             && let Err(e) = self.inner.store.append_event(job.run.id().as_str(), &event.encode_to_vec()) {
-                warn!(error = %e, "could not persist a job event");
+                // What cannot be recorded must not go on: stop the job with the cause (its
+                // failure is published, from memory, to the watchers still connected).
+                warn!(error = %e, "could not persist a job event; the job stops");
+                job.run.abort(format!(
+                    "the coordinator could not record the job's progress ({e}); the job stops rather than go on unrecorded. \
+                     Free disk space or repair the state file, then submit the job again"
+                ));
             }
         job.events.push(event);
         let over = job.run.is_over();
