@@ -146,3 +146,52 @@ async fn a_site_killed_during_a_round_does_not_stop_it() {
     assert!(report.federated.as_ref().unwrap().accuracy > 0.7);
     coordinator.stop().await;
 }
+
+/// A site killed at each step of a secure round in turn (before its round keys, its shares,
+/// its masked input, its unmasking shares, its evaluation): every time the round completes with
+/// the others, exactly as secure aggregation's dropout rules say, and the job finishes. The
+/// agent stops itself before answering (a fault hook), so the kill never races its answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_killed_at_each_step_of_a_secure_round_leaves_it_and_the_round_completes() {
+    for step in ["train", "share-keys", "mask", "unmask", "eval"] {
+        let coordinator = TestCoordinator::start().await;
+        for site in ["cleveland", "hungarian", "switzerland"] {
+            coordinator.spawn_site(site);
+        }
+        let (cfg, base) = site_config("va", &coordinator.url);
+        let hook: fedcare_agent::FaultHook = Arc::new(move |kind, round| kind == step && round == Some(2));
+        let va = fedcare_agent::Agent::new(cfg, base).unwrap().with_fault(hook);
+        let stopped = coordinator.stopped();
+        let va = tokio::spawn(async move { va.run(stopped).await });
+        coordinator.wait_for_sites(4).await;
+        let (text, _) = job(|s| {
+            s.name = format!("kill-at-{step}");
+            s.rounds = 3;
+            s.min_sites = 4;
+            s.min_sites_per_round = Some(3);
+            s.privacy = fedcare_job::PrivacySpec::none();
+        });
+        let mut admin = fedcare_server::client::AdminClient::connect(&coordinator.url).await.unwrap();
+        let id = admin.submit(&text).await.unwrap();
+        let report = tokio::time::timeout(Duration::from_secs(60), admin.watch(&id, |_| {}))
+            .await
+            .unwrap_or_else(|_| panic!("killed at {step}: the job did not end"))
+            .unwrap_or_else(|e| panic!("killed at {step}: the job failed: {e}"));
+        assert!(va.is_finished(), "killed at {step}: VA's agent stopped");
+        assert_eq!(report.rounds.len(), 3, "killed at {step}");
+        let others = vec!["cleveland", "hungarian", "switzerland"];
+        assert_eq!(report.rounds[0].sites.len(), 4, "killed at {step}");
+        // Before its masked input arrived VA is a dropout of round 2; after, its input is in
+        // the sum (the others' shares unmask it) and the round counts it.
+        let round2: Vec<&str> = report.rounds[1].sites.iter().map(String::as_str).collect();
+        if matches!(step, "train" | "share-keys" | "mask") {
+            assert_eq!(round2, others, "killed at {step}");
+        } else {
+            assert_eq!(round2.len(), 4, "killed at {step}: {round2:?}");
+        }
+        assert!(!report.rounds[1].site_eval.contains_key("va"), "killed at {step}: VA evaluated round 2");
+        assert!(report.rounds[0].site_eval.contains_key("va"), "killed at {step}: VA evaluated round 1");
+        assert_eq!(report.rounds[2].sites, others, "killed at {step}");
+        coordinator.stop().await;
+    }
+}

@@ -58,11 +58,20 @@ pub struct Agent {
     identity_public_key: Vec<u8>,
     session: SiteSession,
     work: work::Worker,
+    fault: Option<FaultHook>,
 }
+
+/// A fault to inject, for end-to-end tests: called with each task's kind (`train`, `share-keys`,
+/// `mask`, `unmask`, `eval`, ...) and round before the agent acts on it; `true` stops the agent
+/// there, as if its process were killed (the connection drops, nothing more is sent). A kill
+/// from outside the agent races with its answer; this does not. Never set in production.
+pub type FaultHook = std::sync::Arc<dyn Fn(&str, Option<u32>) -> bool + Send + Sync>;
 
 /// How a connection ended.
 enum Ended {
     Shutdown,
+    /// A [`FaultHook`] stopped the agent.
+    Killed,
     Lost(String),
     /// The audit log could not be written: the agent stops rather than act unrecorded.
     Fatal(String),
@@ -141,7 +150,14 @@ impl Agent {
             identity_public_key: identity.public_key(),
             session,
             work: work::Worker::new(site, config.data, base_dir, identity, budget, policy),
+            fault: None,
         })
+    }
+
+    /// Stops the agent before the first task for which `hook` says so (see [`FaultHook`]).
+    pub fn with_fault(mut self, hook: FaultHook) -> Agent {
+        self.fault = Some(hook);
+        self
     }
 
     pub fn site(&self) -> &SiteId {
@@ -179,6 +195,10 @@ impl Agent {
             };
             match result {
                 Ok(Ended::Shutdown) => return Ok(()),
+                Ok(Ended::Killed) => {
+                    warn!(parent: &span, "stopped by an injected fault");
+                    return Ok(());
+                }
                 Ok(Ended::Fatal(why)) => return Err(AgentError::Audit(why)),
                 Ok(Ended::Lost(why)) | Err(why) => {
                     if let Some(refusal) = why.strip_prefix("refused: ") {
@@ -262,6 +282,9 @@ impl Agent {
                 }
             };
             let (job, task_id, kind_name) = (task.job.clone(), task.id, task.kind.name());
+            if self.fault.as_ref().is_some_and(|f| f(kind_name, round)) {
+                return Ok(Ended::Killed);
+            }
             let span = info_span!("task", job = %job.short(), task = task_id.0, kind = kind_name);
             let work = match self.session.on_task(task) {
                 Ok(w) => w,
