@@ -527,3 +527,82 @@ async fn a_disk_that_fills_mid_job_stops_the_job_with_a_clear_reason_and_the_coo
     assert!(job.rounds_done < spec.rounds, "{job:?}");
     let _ = stop.send(true);
 }
+
+/// A site's disk fills up while it is in a job: it can no longer record a release in its
+/// privacy ledger, so it sends none (it tells the coordinator it failed the task, without
+/// data), and the job finishes with the other sites. Every round the site was counted in is
+/// in its ledger: nothing left it unrecorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_whose_disk_fills_sends_nothing_it_could_not_record_and_the_job_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_site_config(dir.path(), "va");
+    // The site's ledger is `state/va.ledger.jsonl` beside its config: that folder is the
+    // small disk. A helper fills it when told to; when the agent ends, the ledger is copied out.
+    let disk = dir.path().join("state");
+    std::fs::create_dir(&disk).unwrap();
+    let (trigger, out) = (dir.path().join("fill"), dir.path().join("ledger-copy"));
+    let coordinator = fedcare_e2e::TestCoordinator::start().await;
+    let script = format!(
+        "( i=0; while [ ! -e {t} ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done; \
+           if [ -e {t} ]; then cat /dev/zero > {d}/filler 2>/dev/null || true; touch {t}.done; fi ) & \
+         {a} run --coordinator {u} --config {c}; status=$?; mkdir -p {o}; rm -f {d}/filler; cp -r {d}/. {o}/; exit $status",
+        t = sh_quote(&trigger),
+        d = sh_quote(&disk),
+        o = sh_quote(&out),
+        a = sh_quote(&binary("site-agent")),
+        u = coordinator.url,
+        c = sh_quote(&config),
+    );
+    let Some(mut cmd) = on_small_disk(&disk, "16m", &script) else { return };
+    let mut va = Procs(vec![cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("site agent starts")]);
+    for site in ["cleveland", "hungarian", "switzerland"] {
+        coordinator.spawn_site(site);
+    }
+    coordinator.wait_for_sites(4).await;
+    let (text, spec) = fedcare_e2e::job(|s| {
+        s.name = "site-disk-fills".into();
+        s.rounds = 40;
+    });
+    let mut admin = fedcare_server::client::AdminClient::connect(&coordinator.url).await.unwrap();
+    let id = admin.submit(&text).await.unwrap();
+    let started = Instant::now();
+    while admin.job(&id).await.unwrap().summary.unwrap().rounds_done < 1 {
+        assert!(started.elapsed() < Duration::from_secs(120), "two rounds did not complete");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    std::fs::write(&trigger, b"").unwrap();
+    while !trigger.with_extension("done").exists() {
+        assert!(started.elapsed() < Duration::from_secs(180), "the disk was not filled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut lines = Vec::new();
+    let report = admin
+        .watch(&id, |e| lines.extend(fedcare_server::client::describe(e, spec.rounds).map(|l| l.text)))
+        .await
+        .expect("the job finishes with the other sites");
+    // Stop the agent (SIGTERM, as an operator would; the coordinator's graceful stop waits for
+    // its stream), then the coordinator; the shell copies the agent's ledger out.
+    let pattern = format!("site-agent run --coordinator {} ", coordinator.url);
+    let _ = Command::new("pkill").args(["-TERM", "-f", &pattern]).status();
+    let waited = Instant::now();
+    let status = loop {
+        if let Some(status) = va.0[0].try_wait().expect("agent waited for") {
+            break status;
+        }
+        if waited.elapsed() > Duration::from_secs(30) {
+            let _ = Command::new("pkill").args(["-KILL", "-f", &pattern]).status();
+            panic!("the site agent did not stop within 30 s of SIGTERM");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    coordinator.stop().await;
+    assert!(out.join("va.ledger.jsonl").exists(), "the ledger was copied out (agent status {status})");
+    let with_va: Vec<u32> = report.rounds.iter().filter(|r| r.sites.iter().any(|s| s == "va")).map(|r| r.round).collect();
+    assert_eq!(report.rounds.len() as u32, spec.rounds);
+    assert!(with_va.contains(&1), "VA took part before its disk filled: {with_va:?}");
+    assert!(!with_va.contains(&spec.rounds), "VA could not take part once its disk was full: {with_va:?}");
+    assert!(lines.iter().any(|l| l.contains("va") && l.contains("No space left on device")), "the reason reached the research lead: {lines:#?}");
+    let ledger = fedcare_ledger::Ledger::open_read_only(&out.join("va.ledger.jsonl")).expect("the ledger reads back");
+    let charged: Vec<u32> = ledger.entries().iter().filter(|e| e.job == spec.id().as_str()).filter_map(|e| e.round).collect();
+    assert!(with_va.iter().all(|r| charged.contains(r)), "every round VA was counted in is in its ledger: counted {with_va:?}, charged {charged:?}");
+}
