@@ -606,3 +606,61 @@ async fn a_site_whose_disk_fills_sends_nothing_it_could_not_record_and_the_job_g
     let charged: Vec<u32> = ledger.entries().iter().filter(|e| e.job == spec.id().as_str()).filter_map(|e| e.round).collect();
     assert!(with_va.iter().all(|r| charged.contains(r)), "every round VA was counted in is in its ledger: counted {with_va:?}, charged {charged:?}");
 }
+
+/// SIGTERM (what docker, systemd and Kubernetes send) stops a coordinator promptly even with
+/// sites connected and a research lead watching: their streams are closed, not waited for.
+/// The running job is not failed by the stop: the next coordinator on the same state file
+/// resumes it, the sites reconnect, and it finishes with every round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_coordinator_promptly_and_the_job_resumes_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("coordinator.redb");
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut procs = Procs(vec![plaintext_coordinator(port, &state)]);
+    let stop = spawn_example_sites(&url);
+    let mut admin = admin_once_sites_connect(&url, 4).await;
+    let (text, spec) = fedcare_e2e::job(|s| {
+        s.name = "sigterm".into();
+        s.rounds = 200;
+        s.privacy = fedcare_job::PrivacySpec::none();
+    });
+    let id = admin.submit(&text).await.expect("job accepted");
+    let watcher = {
+        let (url, id) = (url.clone(), id.clone());
+        tokio::spawn(async move {
+            let mut admin = fedcare_server::client::AdminClient::connect(&url).await.unwrap();
+            admin.watch(&id, |_| {}).await
+        })
+    };
+    let started = Instant::now();
+    while admin.job(&id).await.unwrap().summary.unwrap().rounds_done < 2 {
+        assert!(started.elapsed() < Duration::from_secs(60), "two rounds did not complete");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let pid = procs.0[0].id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let stopped_at = Instant::now();
+    let status = loop {
+        if let Some(status) = procs.0[0].try_wait().unwrap() {
+            break status;
+        }
+        assert!(stopped_at.elapsed() < Duration::from_secs(10), "the coordinator did not stop within 10 s of SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "a clean stop: {status}");
+    // The research lead's watch ended with the coordinator (it does not hang).
+    let watched = tokio::time::timeout(Duration::from_secs(10), watcher).await.expect("the watch ended").unwrap();
+    assert!(watched.is_err(), "the job did not finish before the stop");
+    // A new coordinator on the same state file resumes the job; the sites come back.
+    procs.0[0] = plaintext_coordinator(port, &state);
+    let mut admin = admin_once_sites_connect(&url, 4).await;
+    let report = tokio::time::timeout(Duration::from_secs(120), admin.watch(&id, |_| {}))
+        .await
+        .expect("the resumed job ends")
+        .expect("the resumed job finishes");
+    assert_eq!(report.rounds.len() as u32, spec.rounds);
+    let rounds: Vec<u32> = report.rounds.iter().map(|r| r.round).collect();
+    assert_eq!(rounds, (1..=spec.rounds).collect::<Vec<_>>(), "every round once, in order");
+    let _ = stop.send(true);
+}

@@ -150,6 +150,11 @@ fn digest_of(direction: &str, site: &str, kind: &str, round: Option<u32>, sha256
     }
 }
 
+/// The refusal of anything that would change a job once the coordinator is stopping.
+fn closing() -> Status {
+    Status::unavailable("the coordinator is shutting down; try again once it is back")
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -161,6 +166,10 @@ struct State {
     lost: BTreeMap<SiteId, (u64, String)>,
     jobs: BTreeMap<JobId, JobEntry>,
     next_conn: u64,
+    /// Set by [`Coordinator::shut_down`]: from then on nothing changes any job (a reply, a
+    /// deadline, a connection or a submission is refused), so the state file holds the jobs
+    /// exactly as they were for the next coordinator to resume.
+    closing: bool,
 }
 
 struct Inner {
@@ -220,7 +229,7 @@ impl Coordinator {
             inner: Arc::new(Inner {
                 store,
                 started: Instant::now(),
-                state: Mutex::new(State { sites: BTreeMap::new(), lost: BTreeMap::new(), jobs: resumed, next_conn: 1 }),
+                state: Mutex::new(State { sites: BTreeMap::new(), lost: BTreeMap::new(), jobs: resumed, next_conn: 1, closing: false }),
                 audit: Mutex::new(None),
                 metrics,
                 mutual_tls: Mutex::new(None),
@@ -307,6 +316,9 @@ impl Coordinator {
     pub fn tick(&self) {
         let now = self.now_ms();
         let mut st = self.lock();
+        if st.closing {
+            return;
+        }
         let ids: Vec<JobId> = st.jobs.iter().filter(|(_, j)| !j.run.is_over()).map(|(id, _)| id.clone()).collect();
         for id in ids {
             if let Some(job) = st.jobs.get_mut(&id)
@@ -330,6 +342,9 @@ impl Coordinator {
         let layout = fedcare_models::layout(&spec.model, n_features);
         let initial = fedcare_models::init(&spec.model, n_features, spec.seed);
         let mut st = self.lock();
+        if st.closing {
+            return Err(closing());
+        }
         if st.jobs.contains_key(&id) {
             return Err(Status::already_exists(format!("job {id} was already submitted")));
         }
@@ -380,6 +395,21 @@ impl Coordinator {
         Ok(id)
     }
 
+    /// Ends every site's work stream and every watcher's event stream, for a graceful stop:
+    /// the server waits for open streams, and these never end by themselves. Sites are not
+    /// treated as lost (no job changes state), so every running job is resumed, as it was,
+    /// by the next coordinator on this state file; agents reconnect to it with backoff.
+    pub fn shut_down(&self) {
+        let mut st = self.lock();
+        st.closing = true;
+        st.sites.clear();
+        for job in st.jobs.values_mut() {
+            // Dropping the sender ends its watchers' streams.
+            job.published = watch::channel((job.events.len(), job.run.is_over())).0;
+        }
+        info!("shutting down: site and watcher streams closed");
+    }
+
     /// Registers a site's work stream, replacing an older one of the same site.
     fn connect(&self, site: SiteId, agent_version: String, identity: Vec<u8>, authenticated_as: &str) -> Result<SiteStream, Status> {
         self.audit(fedcare_audit::AuditEvent::SiteConnected { site: site.to_string(), identity: authenticated_as.to_owned() })
@@ -387,6 +417,9 @@ impl Coordinator {
         let (tx, rx) = mpsc::unbounded_channel();
         let now = self.now_ms();
         let mut st = self.lock();
+        if st.closing {
+            return Err(closing());
+        }
         let conn = st.next_conn;
         st.next_conn += 1;
         st.lost.remove(&site);
@@ -452,6 +485,9 @@ impl Coordinator {
         let _enter = span.enter();
         let now = self.now_ms();
         let mut st = self.lock();
+        if st.closing {
+            return Err(closing());
+        }
         let job_id = reply.job.clone();
         let job = st.jobs.get_mut(&job_id).ok_or_else(|| {
             metrics.refused("unknown_job");
@@ -807,6 +843,9 @@ impl Coordinator {
         let reason = if why.is_empty() { format!("cancelled by {by}") } else { format!("cancelled by {by}: {why}") };
         {
             let mut st = self.lock();
+            if st.closing {
+                return Err(closing());
+            }
             let Some(job) = st.jobs.get_mut(id).filter(|j| !j.run.is_over()) else {
                 drop(st);
                 let rec = self.record(id)?;

@@ -76,6 +76,16 @@ pub async fn serve_on(
         Security::Plaintext => Auth::Plaintext,
     };
     coordinator.set_mutual_tls(auth == Auth::MutualTls);
+    // On shutdown, end the long-lived streams (sites' work, watchers' events): a graceful stop
+    // waits for open streams, and SIGTERM from docker, systemd or Kubernetes would otherwise
+    // wait until it became SIGKILL.
+    let shutdown = {
+        let c = coordinator.clone();
+        async move {
+            shutdown.await;
+            c.shut_down();
+        }
+    };
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<pb::site_service_server::SiteServiceServer<SiteApi>>().await;
     health.set_serving::<pb::admin_service_server::AdminServiceServer<AdminApi>>().await;
