@@ -580,8 +580,8 @@ async fn a_site_whose_disk_fills_sends_nothing_it_could_not_record_and_the_job_g
         .watch(&id, |e| lines.extend(fedcare_server::client::describe(e, spec.rounds).map(|l| l.text)))
         .await
         .expect("the job finishes with the other sites");
-    // Stop the agent (SIGTERM, as an operator would; the coordinator's graceful stop waits for
-    // its stream), then the coordinator; the shell copies the agent's ledger out.
+    // Stop the agent (SIGTERM, as an operator would), then the coordinator; the shell copies
+    // the agent's ledger out.
     let pattern = format!("site-agent run --coordinator {} ", coordinator.url);
     let _ = Command::new("pkill").args(["-TERM", "-f", &pattern]).status();
     let waited = Instant::now();
