@@ -250,7 +250,7 @@ impl Agent {
                             job_id: task.job_id.clone(),
                             round: None,
                             kind: "model".to_owned(),
-                            sha256: sha256.iter().map(|b| format!("{b:02x}")).collect(),
+                            sha256: hex::encode(sha256),
                             bytes,
                         };
                         if let Err(e) = self.record(event) {

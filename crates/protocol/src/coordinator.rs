@@ -145,9 +145,6 @@ impl Stage {
     }
 }
 
-/// Most threads a round's unmasking uses ([`fedcare_secagg::Server::finish_threads`]).
-const MAX_UNMASK_THREADS: usize = 8;
-
 /// The coordinator's state for one job.
 #[derive(Debug)]
 pub struct JobRun {
@@ -173,6 +170,8 @@ pub struct JobRun {
     actions: VecDeque<Action>,
     /// Central mechanism's noise source (see [`JobRun::with_noise`]).
     noise: Option<rand_chacha::ChaCha20Rng>,
+    /// Threads for a secure round's unmasking (see [`JobRun::with_unmask_threads`]).
+    unmask_threads: usize,
     /// The job's privacy plan, calibrated once here rather than every round (`None`: no
     /// differential privacy, or a plan that cannot be computed, which a validated spec rules out).
     plan: Option<Arc<fedcare_job::PrivacyPlan>>,
@@ -216,6 +215,7 @@ impl JobRun {
             history: Vec::new(),
             actions: VecDeque::new(),
             noise: None,
+            unmask_threads: 1,
             plan,
             rejoining: BTreeMap::new(),
             rejoined: BTreeSet::new(),
@@ -261,6 +261,15 @@ impl JobRun {
     /// its first round rather than release an un-noised model.
     pub fn with_noise(mut self, rng: rand_chacha::ChaCha20Rng) -> JobRun {
         self.noise = Some(rng);
+        self
+    }
+
+    /// How many threads a secure round's unmasking may use (default 1). Unmasking regenerates
+    /// every survivor's self mask and the dropouts' pairwise masks over the whole model; the
+    /// result is the same for any number of threads. The driver, not this I/O-free state
+    /// machine, knows the machine's cores.
+    pub fn with_unmask_threads(mut self, threads: usize) -> JobRun {
+        self.unmask_threads = threads.max(1);
         self
     }
 
@@ -781,11 +790,7 @@ impl JobRun {
             },
             SecStep::Unmask => {
                 let survivors = sec.server.survivors();
-                // Unmasking regenerates every survivor's self mask and the dropouts' pairwise
-                // masks over the whole model: split over the machine's cores (the result is
-                // the same for any number of threads).
-                let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_UNMASK_THREADS);
-                let sum = match sec.server.finish_threads(threads) {
+                let sum = match sec.server.finish_threads(self.unmask_threads) {
                     Ok(sum) => sum,
                     Err(e) => return self.fail(abort(e)),
                 };

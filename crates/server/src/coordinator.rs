@@ -127,7 +127,8 @@ fn resume(store: &Store, job: &JobRecord) -> Result<JobEntry, String> {
     let mut seed = [0u8; 32];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed).map_err(|_| "the system's random generator failed".to_owned())?;
     let run = JobRun::resume(spec.clone(), job.spec_toml.clone().into(), layout.digest(), model, history)?
-        .with_noise(<rand_chacha::ChaCha20Rng as rand_core::SeedableRng>::from_seed(seed));
+        .with_noise(<rand_chacha::ChaCha20Rng as rand_core::SeedableRng>::from_seed(seed))
+        .with_unmask_threads(unmask_threads());
     zeroize::Zeroize::zeroize(&mut seed);
     let published = watch::channel((events.len(), false)).0;
     Ok(JobEntry { run, spec, layout, submitted: Instant::now(), events, published, payloads: Vec::new(), cancelled: false, model_payload: None })
@@ -150,14 +151,17 @@ fn digest_of(direction: &str, site: &str, kind: &str, round: Option<u32>, sha256
     }
 }
 
+/// Threads for a secure round's unmasking: the machine's cores (read once), at most 8.
+fn unmask_threads() -> usize {
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()).min(8))
+}
+
 /// The refusal of anything that would change a job once the coordinator is stopping.
 fn closing() -> Status {
     Status::unavailable("the coordinator is shutting down; try again once it is back")
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 struct State {
     sites: BTreeMap<SiteId, SiteConn>,
@@ -369,7 +373,8 @@ impl Coordinator {
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed)
             .map_err(|_| Status::internal("the system's random generator failed"))?;
         let run = JobRun::new(spec.clone(), spec_toml.into(), layout.digest(), initial.values)
-            .with_noise(<rand_chacha::ChaCha20Rng as rand_core::SeedableRng>::from_seed(seed));
+            .with_noise(<rand_chacha::ChaCha20Rng as rand_core::SeedableRng>::from_seed(seed))
+        .with_unmask_threads(unmask_threads());
         zeroize::Zeroize::zeroize(&mut seed);
         info!(job = %id.short(), name = %spec.name, rounds = spec.rounds, min_sites = spec.min_sites, "job submitted");
         st.jobs.insert(id.clone(), JobEntry {
@@ -471,7 +476,7 @@ impl Coordinator {
         metrics.received(len);
         let received = self.audited().then(|| {
             let sha = match chunked {
-                Some((sha, _)) => hex(&sha),
+                Some((sha, _)) => hex::encode(sha),
                 None => fedcare_audit::sha256_hex(&reply.encode_to_vec()),
             };
             (reply.site_id.clone(), fedcare_wire::reply_round(&reply), sha, len)
@@ -554,7 +559,7 @@ impl Coordinator {
                                 fedcare_protocol::messages::TaskKind::Train { round, .. } | fedcare_protocol::messages::TaskKind::Eval { round, .. } => Some(*round),
                                 _ => None,
                             };
-                            job.payloads.push(digest_of("sent", site.as_str(), "model", round, &hex(&payload.sha256), payload.bytes.len()));
+                            job.payloads.push(digest_of("sent", site.as_str(), "model", round, &hex::encode(payload.sha256), payload.bytes.len()));
                         }
                         chunked = Some(payload.sha256);
                     }
@@ -593,14 +598,7 @@ impl Coordinator {
                     }
                     if let JobEvent::RoundDone(record) = &event {
                         self.inner.metrics.round_completed(record.finished_ms.saturating_sub(record.started_ms));
-                        // The same digest as the model's chunked encoding, hashed without a copy.
-                        let model_sha256 = {
-                            let mut h = ring::digest::Context::new(&ring::digest::SHA256);
-                            for v in job.run.model().iter() {
-                                h.update(&v.to_le_bytes());
-                            }
-                            hex(h.finish().as_ref())
-                        };
+                        let model_sha256 = hex::encode(fedcare_wire::chunk::model_sha256(job.run.model()));
                         let sites = record.sites.iter().map(|s| s.to_string()).collect();
                         let payloads = std::mem::take(&mut job.payloads);
                         if let Err(reason) = self.audit(fedcare_audit::AuditEvent::RoundCompleted { job_id: id.to_string(), round: record.round, sites, model_sha256, payloads }) {
@@ -1021,16 +1019,13 @@ impl pb::site_service_server::SiteService for SiteApi {
             Err(_) => Err(Status::deadline_exceeded(format!("chunked reply: no chunk for {} s", CHUNK_IDLE.as_secs()))),
         };
         let first = next().await?.ok_or_else(|| malformed(fedcare_wire::chunk::ChunkError::EmptyPayload))?;
-        if first.total_len > fedcare_wire::chunk::MAX_PAYLOAD_BYTES {
-            return Err(malformed(fedcare_wire::chunk::ChunkError::TooLarge { total: first.total_len, limit: fedcare_wire::chunk::MAX_PAYLOAD_BYTES }));
-        }
-        // Hold budget for the whole payload (all of it if the payload is larger) before
-        // allocating or taking in any of it.
-        let mib = first.total_len.div_ceil(1 << 20).clamp(1, u64::from(UPLOAD_BUDGET_MIB)) as u32;
-        let _permit = self.0.inner.upload_budget.clone().acquire_many_owned(mib).await.map_err(|_| Status::unavailable("the coordinator is shutting down"))?;
         let mut asm = fedcare_wire::chunk::Assembler::new(&first, fedcare_wire::chunk::MAX_PAYLOAD_BYTES)
             .map_err(malformed)?
             .with_min_chunk(fedcare_wire::chunk::MIN_CHUNK_BYTES);
+        // Hold budget for the whole payload (all of it if the payload is larger) before the
+        // assembler allocates or takes in any of it.
+        let mib = asm.total().div_ceil(1 << 20).clamp(1, u64::from(UPLOAD_BUDGET_MIB)) as u32;
+        let _permit = self.0.inner.upload_budget.clone().acquire_many_owned(mib).await.map_err(|_| Status::unavailable("the coordinator is shutting down"))?;
         let mut complete = asm.push(&first).map_err(malformed)?;
         drop(first);
         while let Some(c) = next().await? {

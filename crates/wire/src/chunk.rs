@@ -88,7 +88,8 @@ pub struct Assembler {
 
 impl Assembler {
     /// Starts from the first chunk's header (its data is not taken yet: pass it to
-    /// [`Assembler::push`]). Refuses a payload above `limit` before allocating anything.
+    /// [`Assembler::push`]). Refuses a payload above `limit`. Nothing is allocated until the
+    /// first push, so a receiver can check a payload, then wait for room to hold it.
     pub fn new(first: &pb::Chunk, limit: u64) -> Result<Assembler, ChunkError> {
         let digest: [u8; 32] = first.sha256.as_slice().try_into().map_err(|_| ChunkError::BadDigest(first.sha256.len()))?;
         if first.total_len == 0 {
@@ -97,9 +98,10 @@ impl Assembler {
         if first.total_len > limit {
             return Err(ChunkError::TooLarge { total: first.total_len, limit });
         }
-        // `total_len <= limit`, and every limit used is far below `usize::MAX` on 64-bit targets.
-        let capacity = usize::try_from(first.total_len).map_err(|_| ChunkError::TooLarge { total: first.total_len, limit })?;
-        Ok(Assembler { digest, total: first.total_len, buf: Vec::with_capacity(capacity), hasher: Sha256::new(), min_chunk: 1 })
+        // The buffer is reserved at the first push, whole (`total_len <= limit`, and every limit
+        // used is far below `usize::MAX` on 64-bit targets).
+        usize::try_from(first.total_len).map_err(|_| ChunkError::TooLarge { total: first.total_len, limit })?;
+        Ok(Assembler { digest, total: first.total_len, buf: Vec::new(), hasher: Sha256::new(), min_chunk: 1 })
     }
 
     /// Refuses chunks shorter than `min` bytes other than the payload's last
@@ -145,6 +147,9 @@ impl Assembler {
         if c.data.len() < self.min_chunk && have + (c.data.len() as u64) < self.total {
             return Err(ChunkError::SmallChunk { got: c.data.len(), min: self.min_chunk });
         }
+        if self.buf.capacity() == 0 {
+            self.buf.reserve_exact(self.total as usize);
+        }
         self.hasher.update(&c.data);
         self.buf.extend_from_slice(&c.data);
         Ok(self.buf.len() as u64 == self.total)
@@ -184,6 +189,20 @@ pub fn model_payload(values: &[f32]) -> Bytes {
     Bytes::from(out)
 }
 
+/// SHA-256 of [`model_payload`]`(values)` (the digest that names a chunked model), without
+/// building the payload: the values are hashed in small batches.
+pub fn model_sha256(values: &[f32]) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    let mut buf = [0u8; 4 * 1024];
+    for batch in values.chunks(buf.len() / 4) {
+        for (out, v) in buf.chunks_exact_mut(4).zip(batch) {
+            out.copy_from_slice(&v.to_le_bytes());
+        }
+        hasher.update(&buf[..batch.len() * 4]);
+    }
+    hasher.finalize().into()
+}
+
 /// What [`ModelInbox::push`] made of a model chunk.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ModelProgress {
@@ -212,33 +231,22 @@ impl ModelInbox {
 
     /// Takes one `model_chunk`. On an error the partial model is dropped.
     pub fn push(&mut self, c: &pb::Chunk) -> Result<ModelProgress, ChunkError> {
-        let fresh = match &self.receiving {
-            Some(a) => !(a.same_payload(c) && c.offset != 0),
-            None => true,
+        // Anything but the next piece of the model being received starts a new one, which must
+        // begin at offset 0; on any error the partial model is dropped.
+        let mut asm = match self.receiving.take() {
+            Some(a) if a.same_payload(c) && c.offset != 0 => a,
+            _ if c.offset != 0 => return Err(ChunkError::OutOfOrder { expected: 0, got: c.offset }),
+            _ => Assembler::new(c, MAX_PAYLOAD_BYTES)?,
         };
-        if fresh {
-            if c.offset != 0 {
-                self.receiving = None;
-                return Err(ChunkError::OutOfOrder { expected: 0, got: c.offset });
-            }
-            self.receiving = Some(Assembler::new(c, MAX_PAYLOAD_BYTES)?);
+        if !asm.push(c)? {
+            self.receiving = Some(asm);
+            return Ok(ModelProgress::Pending);
         }
-        let Some(asm) = self.receiving.as_mut() else { return Ok(ModelProgress::Pending) };
-        match asm.push(c) {
-            Ok(false) => Ok(ModelProgress::Pending),
-            Ok(true) => {
-                let Some(asm) = self.receiving.take() else { return Ok(ModelProgress::Pending) };
-                let digest = asm.digest();
-                let bytes = asm.finish()?;
-                let len = bytes.len() as u64;
-                self.ready = Some((digest, bytes));
-                Ok(ModelProgress::Complete(digest, len))
-            }
-            Err(e) => {
-                self.receiving = None;
-                Err(e)
-            }
-        }
+        let digest = asm.digest();
+        let bytes = asm.finish()?;
+        let len = bytes.len() as u64;
+        self.ready = Some((digest, bytes));
+        Ok(ModelProgress::Complete(digest, len))
     }
 
     /// Puts the named model's values into a Train or Eval task whose `Model` carries
@@ -294,6 +302,14 @@ mod tests {
             assert_eq!(cs.len(), n.div_ceil(size));
             assert!(cs.iter().all(|c| c.data.len() <= size && c.total_len == n as u64));
             assert_eq!(collect(cs, MAX_PAYLOAD_BYTES).unwrap(), p.to_vec());
+        }
+    }
+
+    #[test]
+    fn a_models_digest_is_its_payloads() {
+        for n in [0, 1, 1023, 1024, 1025, 5000] {
+            let values: Vec<f32> = (0..n).map(|i| i as f32 * -0.5 + 3.0).collect();
+            assert_eq!(model_sha256(&values), sha256(&model_payload(&values)), "{n} values");
         }
     }
 
