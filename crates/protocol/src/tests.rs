@@ -364,6 +364,32 @@ fn a_site_lost_during_training_leaves_the_round() {
     assert!(outcome.model.iter().all(|v| (v - 2.0).abs() < 1e-6));
 }
 
+/// Loses site c when round 1's training reaches it, and brings its agent back with a fresh
+/// session (it forgot the job with its old connection) once round 1 is being evaluated.
+#[derive(Default)]
+struct LoseCAndBringItBack {
+    lost: bool,
+    back: bool,
+}
+
+impl LoseCAndBringItBack {
+    /// `Some(Drop)` for the task lost with the site; `None` leaves the delivery to the caller.
+    fn step(&mut self, h: &mut Harness, to: &SiteId, task: &Task) -> Option<Delivery> {
+        if to.as_str() == "c" && matches!(task.kind, TaskKind::Train { round: 1, .. }) && !self.lost {
+            self.lost = true;
+            h.run.site_lost(to, 0);
+            return Some(Delivery::Drop);
+        }
+        if self.lost && !self.back && matches!(task.kind, TaskKind::Eval { round: 1, .. }) {
+            self.back = true;
+            let c = site("c");
+            h.sites.insert(c.clone(), SiteSession::new(c.clone(), digest, identity("c")));
+            h.run.site_available(&c, &identity("c"), h.now);
+        }
+        None
+    }
+}
+
 #[test]
 fn a_lost_site_that_comes_back_rejoins_from_the_next_round() {
     // Site c is lost when round 1's training reaches it; round 1 completes with a and b. When
@@ -373,25 +399,8 @@ fn a_lost_site_that_comes_back_rejoins_from_the_next_round() {
     // has re-sent its statistics, so it is in from round 3.
     let mut h = Harness::new(4, 3, 2, &[("a", 10, 1.0), ("b", 10, 1.0), ("c", 20, 4.0)]);
     h.offer_all();
-    let mut lost = false;
-    let mut back = false;
-    h.run_until_quiet(|h, to, task| {
-        if to.as_str() == "c" && matches!(task.kind, TaskKind::Train { round: 1, .. }) && !lost {
-            lost = true;
-            h.run.site_lost(to, 0);
-            return Delivery::Drop;
-        }
-        // Once round 1 is evaluated, c's agent reconnects with a fresh session.
-        if lost && !back && matches!(task.kind, TaskKind::Eval { round: 1, .. }) {
-            back = true;
-            let c = site("c");
-            let mut fresh = SiteSession::new(c.clone(), digest, identity("c"));
-            fresh.forget_unfinished();
-            h.sites.insert(c.clone(), fresh);
-            h.run.site_available(&c, &identity("c"), h.now);
-        }
-        Delivery::Honest
-    });
+    let mut c = LoseCAndBringItBack::default();
+    h.run_until_quiet(|h, to, task| c.step(h, to, task).unwrap_or(Delivery::Honest));
     let outcome = h.outcome.take().expect("job ended").expect("job succeeded");
     let sites: Vec<usize> = outcome.rounds.iter().map(|r| r.sites.len()).collect();
     assert_eq!(sites, vec![2, 2, 3, 3], "c is out of rounds 1 and 2 and back from round 3");
@@ -406,22 +415,13 @@ fn a_lost_site_that_comes_back_rejoins_from_the_next_round() {
 fn a_rejoining_site_with_other_statistics_stays_out() {
     let mut h = Harness::new(3, 3, 2, &[("a", 10, 1.0), ("b", 10, 1.0), ("c", 20, 4.0)]);
     h.offer_all();
-    let mut lost = false;
-    let mut back = false;
+    let mut c = LoseCAndBringItBack::default();
     h.run_until_quiet(|h, to, task| {
-        if to.as_str() == "c" && matches!(task.kind, TaskKind::Train { round: 1, .. }) && !lost {
-            lost = true;
-            h.run.site_lost(to, 0);
-            return Delivery::Drop;
-        }
-        if lost && !back && matches!(task.kind, TaskKind::Eval { round: 1, .. }) {
-            back = true;
-            let c = site("c");
-            h.sites.insert(c.clone(), SiteSession::new(c.clone(), digest, identity("c")));
-            h.run.site_available(&c, &identity("c"), h.now);
+        if let Some(d) = c.step(h, to, task) {
+            return d;
         }
         // The returning agent claims a different count this time.
-        if back && to.as_str() == "c" && matches!(task.kind, TaskKind::Stats) {
+        if c.back && to.as_str() == "c" && matches!(task.kind, TaskKind::Stats) {
             return Delivery::Replace(ReplyKind::Stats(FeatureSums { count: vec![25; 15], sum: vec![25.0; 15], sum_sq: vec![50.0; 15] }));
         }
         Delivery::Honest
