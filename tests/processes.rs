@@ -371,6 +371,26 @@ async fn admin_once_sites_connect(url: &str, n: usize) -> fedcare_server::client
     }
 }
 
+/// Waits (up to 2 minutes) until job `id` has completed `n` rounds.
+async fn wait_for_rounds(admin: &mut fedcare_server::client::AdminClient, id: &str, n: u32) {
+    let started = Instant::now();
+    while admin.job(id).await.expect("job listed").summary.expect("summary").rounds_done < n {
+        assert!(started.elapsed() < Duration::from_secs(120), "{n} rounds did not complete within 2 minutes");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Tells the helper beside a program on a small disk (see the tests below) to fill it, and
+/// waits (up to 2 minutes) until it has.
+async fn fill_disk(trigger: &std::path::Path) {
+    std::fs::write(trigger, b"").expect("trigger written");
+    let started = Instant::now();
+    while !trigger.with_extension("done").exists() {
+        assert!(started.elapsed() < Duration::from_secs(120), "the disk was not filled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Peak resident memory of a process so far, in bytes (Linux's `VmHWM`).
 fn peak_rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the process's status is readable");
@@ -506,17 +526,8 @@ async fn a_disk_that_fills_mid_job_stops_the_job_with_a_clear_reason_and_the_coo
         s.privacy = fedcare_job::PrivacySpec::none();
     });
     let id = admin.submit(&text).await.expect("job accepted");
-    let started = Instant::now();
-    while admin.job(&id).await.expect("job listed").summary.expect("summary").rounds_done < 2 {
-        assert!(started.elapsed() < Duration::from_secs(60), "two rounds did not complete");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    std::fs::write(&trigger, b"").unwrap();
-    let done = trigger.with_extension("done");
-    while !done.exists() {
-        assert!(started.elapsed() < Duration::from_secs(120), "the disk was not filled");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_rounds(&mut admin, &id, 2).await;
+    fill_disk(&trigger).await;
     let err = admin.watch(&id, |_| {}).await.expect_err("the job cannot finish on a full disk");
     let reason = err.to_string();
     eprintln!("{reason}");
@@ -565,16 +576,8 @@ async fn a_site_whose_disk_fills_sends_nothing_it_could_not_record_and_the_job_g
     });
     let mut admin = fedcare_server::client::AdminClient::connect(&coordinator.url).await.unwrap();
     let id = admin.submit(&text).await.unwrap();
-    let started = Instant::now();
-    while admin.job(&id).await.unwrap().summary.unwrap().rounds_done < 1 {
-        assert!(started.elapsed() < Duration::from_secs(120), "two rounds did not complete");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    std::fs::write(&trigger, b"").unwrap();
-    while !trigger.with_extension("done").exists() {
-        assert!(started.elapsed() < Duration::from_secs(180), "the disk was not filled");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_rounds(&mut admin, &id, 1).await;
+    fill_disk(&trigger).await;
     let mut lines = Vec::new();
     let report = admin
         .watch(&id, |e| lines.extend(fedcare_server::client::describe(e, spec.rounds).map(|l| l.text)))
@@ -633,11 +636,7 @@ async fn sigterm_stops_the_coordinator_promptly_and_the_job_resumes_after_restar
             admin.watch(&id, |_| {}).await
         })
     };
-    let started = Instant::now();
-    while admin.job(&id).await.unwrap().summary.unwrap().rounds_done < 2 {
-        assert!(started.elapsed() < Duration::from_secs(60), "two rounds did not complete");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_rounds(&mut admin, &id, 2).await;
     let pid = procs.0[0].id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     let stopped_at = Instant::now();

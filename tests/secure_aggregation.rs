@@ -102,6 +102,20 @@ async fn no_plaintext_update_crosses_the_wire() {
     assert!(secure_bytes.len() > 1000, "the sites did send their masked inputs");
 }
 
+/// The example job for the dropout tests, named `name`: three rounds of the four sites that go
+/// on with three, and no DP noise (these tests are about dropouts, and three noisy rounds
+/// would not reach the accuracy bar).
+fn dropout_job(name: &str) -> String {
+    job(|s| {
+        s.name = name.to_owned();
+        s.rounds = 3;
+        s.min_sites = 4;
+        s.min_sites_per_round = Some(3);
+        s.privacy = fedcare_job::PrivacySpec::none();
+    })
+    .0
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_site_killed_during_a_round_does_not_stop_it() {
     let coordinator = TestCoordinator::start().await;
@@ -110,13 +124,7 @@ async fn a_site_killed_during_a_round_does_not_stop_it() {
         agents.insert(site, coordinator.spawn_site(site));
     }
     coordinator.wait_for_sites(4).await;
-    let (text, _) = job(|s| {
-        s.rounds = 3;
-        s.min_sites = 4;
-        s.min_sites_per_round = Some(3);
-        // About dropouts, not privacy: three rounds without DP noise must reach the bar.
-        s.privacy = fedcare_job::PrivacySpec::none();
-    });
+    let text = dropout_job("heart-disease-logreg");
     let mut admin = fedcare_server::client::AdminClient::connect(&coordinator.url).await.unwrap();
     let id = admin.submit(&text).await.unwrap();
     let va = Arc::new(Mutex::new(agents.remove("va")));
@@ -164,13 +172,7 @@ async fn a_site_killed_at_each_step_of_a_secure_round_leaves_it_and_the_round_co
         let stopped = coordinator.stopped();
         let va = tokio::spawn(async move { va.run(stopped).await });
         coordinator.wait_for_sites(4).await;
-        let (text, _) = job(|s| {
-            s.name = format!("kill-at-{step}");
-            s.rounds = 3;
-            s.min_sites = 4;
-            s.min_sites_per_round = Some(3);
-            s.privacy = fedcare_job::PrivacySpec::none();
-        });
+        let text = dropout_job(&format!("kill-at-{step}"));
         let mut admin = fedcare_server::client::AdminClient::connect(&coordinator.url).await.unwrap();
         let id = admin.submit(&text).await.unwrap();
         let report = tokio::time::timeout(Duration::from_secs(60), admin.watch(&id, |_| {}))
