@@ -581,7 +581,7 @@ async fn run(cli: Cli) -> Result<()> {
                 result.html.html.display(),
                 result.card.markdown.display(),
                 result.card.json.display(),
-                opts.out_dir.join("audit").display(),
+                result.model_path.with_file_name("audit").display(),
                 result.wall.as_secs_f64()
             );
         }
