@@ -427,7 +427,11 @@ fn ledger_file() -> &'static [u8] {
         let dir = tempdir();
         let path = dir.path().join("ledger.jsonl");
         let mut l = Ledger::open(&path).expect("a new ledger");
-        let ddg = fedcare_job::privacy::ddg_charge(1.0, 1.0, 2, 3, 32, 16).unwrap_or(Charge::Gaussian { noise_multiplier: 3.0, count: 2 });
+        let distributed = |noise| {
+            fedcare_job::privacy::ddg_charge(noise, 1.0, 1.0, 2, 3, 32, 16).unwrap_or(Charge::Gaussian { noise_multiplier: 3.0, count: 2 })
+        };
+        let ddg = distributed(fedcare_privacy::DistributedNoise::DiscreteGaussian);
+        let skellam = distributed(fedcare_privacy::DistributedNoise::Skellam);
         type Commit<'a> = (&'a str, Option<u32>, &'a str, Unit, f64, Charge);
         let commits: Vec<Commit> = vec![
             (JOB_A, None, "statistics", Unit::Record, 1e-5, Charge::Gaussian { noise_multiplier: 2.0, count: 1 }),
@@ -435,6 +439,7 @@ fn ledger_file() -> &'static [u8] {
             (JOB_B, Some(1), "update", Unit::Site, 1e-6, ddg),
             (JOB_A, Some(2), "update", Unit::Record, 1e-5, Charge::SubsampledGaussian { noise_multiplier: 1.1, sampling_rate: 0.04, steps: 25 }),
             (JOB_B, Some(2), "update", Unit::Site, 1e-6, Charge::Gaussian { noise_multiplier: 1.5, count: 1 }),
+            (JOB_B, Some(3), "update", Unit::Site, 1e-6, skellam),
         ];
         for (i, (job, round, stage, unit, delta, charge)) in commits.into_iter().enumerate() {
             l.commit(job, round, stage, unit, delta, charge, &[i as u8; 40], &caps(), 1_700_000_000_000 + i as u64).expect("commit");
@@ -735,7 +740,7 @@ fn examples_are_accepted() {
     let path = dir.path().join("ledger.jsonl");
     std::fs::write(&path, ledger_file()).unwrap();
     let l = Ledger::open(&path).expect("the generated ledger opens");
-    assert_eq!(l.entries().len(), 5);
+    assert_eq!(l.entries().len(), 6);
     check_ledger_sums(&l);
 }
 

@@ -1,7 +1,7 @@
 //! Differential privacy end to end: the four-site example with record-level DP-SGD at
 //! epsilon 8 (the example's own setting), each site's ledger agreeing with the report, a site
 //! whose budget is too small refusing the job and spending nothing, and the site-level
-//! mechanisms (distributed discrete Gaussian through secure aggregation; central, labelled
+//! mechanisms (distributed discrete Gaussian and Skellam through secure aggregation; central, labelled
 //! weaker) running to the end.
 
 use fedcare_e2e::{TestCoordinator, job, site_config};
@@ -116,7 +116,11 @@ async fn site_level(mechanism: &str, secure: bool, epsilon: f64) -> fedcare_serv
         s.rounds = 3;
         s.secure_aggregation.enabled = secure;
         s.privacy.unit = fedcare_job::PrivacyUnit::Site;
-        s.privacy.mechanism = Some(if mechanism == "central" { fedcare_job::SiteMechanism::Central } else { fedcare_job::SiteMechanism::Distributed });
+        s.privacy.mechanism = Some(match mechanism {
+            "central" => fedcare_job::SiteMechanism::Central,
+            "distributed_skellam" => fedcare_job::SiteMechanism::DistributedSkellam,
+            _ => fedcare_job::SiteMechanism::Distributed,
+        });
         s.privacy.sampling_rate = None;
         s.privacy.stats_noise_multiplier = None;
         s.privacy.target_epsilon = Some(epsilon);
@@ -142,6 +146,13 @@ async fn site_level(mechanism: &str, secure: bool, epsilon: f64) -> fedcare_serv
         // No statistics charge (site level scales by the public ranges), one per round.
         assert_eq!(ledger.entries().len(), 3, "{}", path.display());
         assert!(ledger.entries().iter().all(|e| e.unit == Unit::Site && e.round.is_some()));
+        // The site recorded the charge of the mechanism it ran, under its own computation.
+        let charged = match mechanism {
+            "central" => "gaussian",
+            "distributed_skellam" => "distributed_skellam",
+            _ => "distributed_discrete_gaussian",
+        };
+        assert!(ledger.entries().iter().all(|e| e.charge.mechanism() == charged), "{:?}", ledger.entries());
         let eps = ledger.job_spend(&id).unwrap().epsilon;
         assert!(eps <= epsilon * (1.0 + 1e-9), "{eps} > {epsilon}");
     }
@@ -157,6 +168,17 @@ async fn site_level_distributed_discrete_gaussian_runs_through_secure_aggregatio
     // Uniform weights (count 1 per site) and public scaling: no data-dependent statistics.
     assert!(report.sites.iter().all(|s| s.train_examples == 1), "{:?}", report.sites);
     // With this much budget the noise is small: the model still learns.
+    let fed = report.federated.as_ref().unwrap();
+    assert!(fed.accuracy >= 0.7, "accuracy {}", fed.accuracy);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn site_level_distributed_skellam_runs_through_secure_aggregation() {
+    let report = site_level("distributed_skellam", true, 400.0).await;
+    let p = &report.privacy;
+    assert_eq!((p.unit.as_str(), p.mechanism.as_str()), ("site", "distributed_skellam"));
+    assert!(p.statement.contains("Skellam noise before secure aggregation"), "{}", p.statement);
+    assert!(p.epsilon_spent.unwrap() <= 400.0);
     let fed = report.federated.as_ref().unwrap();
     assert!(fed.accuracy >= 0.7, "accuracy {}", fed.accuracy);
 }

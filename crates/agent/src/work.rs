@@ -589,7 +589,7 @@ fn clip_l2(v: &mut [f32], c: f64) {
 }
 
 /// Site-level privacy, distributed mechanism: the round's DDG encoding of the site's update
-/// (clip, rotate, round, add this site's share of discrete Gaussian noise, wrap), recorded in
+/// (clip, rotate, round, add this site's share of discrete Gaussian or Skellam noise, wrap), recorded in
 /// the ledger with its charge before it is masked and sent; or the encoding recorded before a
 /// crash.
 fn ddg_input(
@@ -616,8 +616,7 @@ fn ddg_input(
     x.push(0.0);
     let mut rng = private::noise_rng()?;
     let encoded = enc.encode(&x, &mut rng).map_err(|e| format!("DDG encoding failed: {e}"))?;
-    let a = enc.accounting(spec.round_quorum() as usize);
-    let charge = fedcare_privacy::Charge::DistributedDiscreteGaussian { sigma: a.sigma, n: a.n, dim: a.dim, l1: a.l1, l2: a.l2 };
+    let charge = enc.charge(spec.round_quorum() as usize);
     budget.commit(job, Some(round), "train", plan, charge, &private::u64_bytes(&encoded))?;
     Ok(encoded)
 }

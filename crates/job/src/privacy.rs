@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use fedcare_privacy::{Charge, PrivacyError, Unit, epsilon_of, smallest_noise_multiplier_for};
+use fedcare_privacy::{Charge, DistributedNoise, PrivacyError, Unit, epsilon_of, smallest_noise_multiplier_for};
 use serde::{Deserialize, Serialize};
 
 use crate::JobSpec;
@@ -31,9 +31,25 @@ pub enum PrivacyUnit {
 pub enum SiteMechanism {
     /// Each site adds a share of discrete Gaussian noise before secure aggregation masks its
     /// update (Kairouz, Liu, Steinke 2021): the coordinator never sees an un-noised sum.
+    /// Also accepted as `distributed_discrete_gaussian`.
+    #[serde(alias = "distributed_discrete_gaussian")]
     Distributed,
+    /// As `distributed`, with Skellam noise shares (Agarwal, Kairouz, Liu 2021): the sum of
+    /// the shares is exactly Skellam, and its accounting has no `tau` terms.
+    DistributedSkellam,
     /// The coordinator adds Gaussian noise to the sum. Weaker: it trusts the coordinator.
     Central,
+}
+
+impl SiteMechanism {
+    /// The integer noise each site adds, `None` for the central mechanism.
+    pub fn noise(self) -> Option<DistributedNoise> {
+        match self {
+            SiteMechanism::Distributed => Some(DistributedNoise::DiscreteGaussian),
+            SiteMechanism::DistributedSkellam => Some(DistributedNoise::Skellam),
+            SiteMechanism::Central => None,
+        }
+    }
 }
 
 /// `[privacy]` of a job spec.
@@ -41,7 +57,8 @@ pub enum SiteMechanism {
 #[serde(deny_unknown_fields)]
 pub struct PrivacySpec {
     pub unit: PrivacyUnit,
-    /// Site unit only: `distributed` (default) or `central`.
+    /// Site unit only: `distributed` (default; discrete Gaussian shares),
+    /// `distributed_skellam` or `central`.
     #[serde(default)]
     pub mechanism: Option<SiteMechanism>,
     /// Epsilon for the whole job (all rounds and the statistics step), per site.
@@ -90,7 +107,8 @@ pub const DEFAULT_STATS_SHARE: f64 = 0.125;
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PrivacyPlan {
     pub unit: Unit,
-    /// `"dp_sgd"`, `"distributed_discrete_gaussian"` or `"central_gaussian"`.
+    /// `"dp_sgd"`, `"distributed_discrete_gaussian"`, `"distributed_skellam"` or
+    /// `"central_gaussian"`.
     pub mechanism: &'static str,
     pub target_epsilon: f64,
     pub delta: f64,
@@ -189,7 +207,7 @@ pub(crate) fn validate(spec: &JobSpec) -> Result<(), (String, String)> {
             if p.sampling_rate.is_some() || p.stats_noise_multiplier.is_some() {
                 return bad("sampling_rate", "sampling_rate and stats_noise_multiplier apply to unit = \"record\" only".into());
             }
-            if p.mechanism.unwrap_or(SiteMechanism::Distributed) == SiteMechanism::Distributed && !spec.secure_aggregation.enabled {
+            if p.mechanism.unwrap_or(SiteMechanism::Distributed).noise().is_some() && !spec.secure_aggregation.enabled {
                 return bad("mechanism", "distributed noise needs secure aggregation; enable it or choose mechanism = \"central\"".into());
             }
         }
@@ -253,12 +271,15 @@ pub fn plan(spec: &JobSpec) -> Result<Option<PrivacyPlan>, PrivacyError> {
                 SiteMechanism::Central => {
                     (Unit::Site, "central_gaussian", None, 1.0, 1, Box::new(|z| Charge::Gaussian { noise_multiplier: z, count: 1 }))
                 }
-                SiteMechanism::Distributed => {
+                m @ (SiteMechanism::Distributed | SiteMechanism::DistributedSkellam) => {
+                    let noise = m.noise().unwrap_or_default();
                     let model_len = fedcare_models::layout(&spec.model, spec.n_features()).len();
                     let (n_min, n_max) = (spec.round_quorum() as usize, spec.min_sites as usize);
                     let bits = spec.secure_aggregation.bits;
-                    let f = move |z| ddg_charge(z, clip, n_min, n_max, bits, model_len).unwrap_or(Charge::Gaussian { noise_multiplier: 0.0, count: 1 });
-                    (Unit::Site, "distributed_discrete_gaussian", None, 1.0, 1, Box::new(f))
+                    let f = move |z| {
+                        ddg_charge(noise, z, clip, n_min, n_max, bits, model_len).unwrap_or(Charge::Gaussian { noise_multiplier: 0.0, count: 1 })
+                    };
+                    (Unit::Site, noise.mechanism(), None, 1.0, 1, Box::new(f))
                 }
             },
             PrivacyUnit::None => unreachable!("handled above"),
@@ -288,9 +309,18 @@ pub fn plan(spec: &JobSpec) -> Result<Option<PrivacyPlan>, PrivacyError> {
     }))
 }
 
-/// The distributed discrete Gaussian's parameters for one round.
-pub fn ddg_calibration(z: f64, clip: f64, n_min: usize, n_max: usize, bits: u32, model_len: usize) -> fedcare_privacy::DdgCalibration {
+/// The distributed mechanism's parameters for one round.
+pub fn ddg_calibration(
+    noise: DistributedNoise,
+    z: f64,
+    clip: f64,
+    n_min: usize,
+    n_max: usize,
+    bits: u32,
+    model_len: usize,
+) -> fedcare_privacy::DdgCalibration {
     fedcare_privacy::DdgCalibration {
+        noise,
         noise_multiplier: z,
         n_min,
         n_max: n_max.max(n_min),
@@ -302,13 +332,19 @@ pub fn ddg_calibration(z: f64, clip: f64, n_min: usize, n_max: usize, bits: u32,
     }
 }
 
-/// One round's charge under the distributed discrete Gaussian (the rotation seed does not
-/// change the parameters, only the signs).
-pub fn ddg_charge(z: f64, clip: f64, n_min: usize, n_max: usize, bits: u32, model_len: usize) -> Result<Charge, PrivacyError> {
-    let params = ddg_calibration(z, clip, n_min, n_max, bits, model_len).params([0; 32])?;
-    let enc = fedcare_privacy::DdgEncoder::new(params)?;
-    let a = enc.accounting(n_min);
-    Ok(Charge::DistributedDiscreteGaussian { sigma: a.sigma, n: a.n, dim: a.dim, l1: a.l1, l2: a.l2 })
+/// One round's charge under the distributed mechanism (the rotation seed does not change the
+/// parameters, only the signs).
+pub fn ddg_charge(
+    noise: DistributedNoise,
+    z: f64,
+    clip: f64,
+    n_min: usize,
+    n_max: usize,
+    bits: u32,
+    model_len: usize,
+) -> Result<Charge, PrivacyError> {
+    let params = ddg_calibration(noise, z, clip, n_min, n_max, bits, model_len).params([0; 32])?;
+    Ok(fedcare_privacy::DdgEncoder::new(params)?.charge(n_min))
 }
 
 /// The public range of every *encoded* column: a numeric feature's `feature_bounds`, `[0, 1]`
@@ -398,5 +434,17 @@ mod tests {
         // Central: one Gaussian release per round, so the same z as 10 plain compositions.
         let (eps, _) = fedcare_privacy::epsilon_of(&[fedcare_privacy::Charge::Gaussian { noise_multiplier: plan.noise_multiplier, count: 10 }], 1e-5).unwrap();
         assert!((eps - plan.planned_epsilon).abs() < 1e-9);
+
+        // Skellam shares: the same rules, its own charge; the long name of the default parses.
+        let skellam = text.replacen("mechanism = \"distributed\"", "mechanism = \"distributed_skellam\"", 1);
+        let plan = JobSpec::from_toml(&skellam, "job.toml").unwrap().privacy_plan().unwrap().unwrap();
+        assert_eq!(plan.mechanism, "distributed_skellam");
+        assert!(matches!(plan.per_round, fedcare_privacy::Charge::DistributedSkellam { .. }), "{:?}", plan.per_round);
+        assert!(plan.planned_epsilon <= 50.0 && plan.planned_epsilon > 49.9, "{}", plan.planned_epsilon);
+        let err = JobSpec::from_toml(&skellam.replacen("enabled = true", "enabled = false", 1), "job.toml").unwrap_err().to_string();
+        assert!(err.contains("privacy.mechanism") && err.contains("secure aggregation"), "{err}");
+        let long = text.replacen("mechanism = \"distributed\"", "mechanism = \"distributed_discrete_gaussian\"", 1);
+        let plan = JobSpec::from_toml(&long, "job.toml").unwrap().privacy_plan().unwrap().unwrap();
+        assert_eq!(plan.mechanism, "distributed_discrete_gaussian");
     }
 }

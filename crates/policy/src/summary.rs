@@ -188,6 +188,9 @@ fn what_leaves(spec: &JobSpec) -> Vec<String> {
                     "clipped to L2 norm {clip} and noised at this site (distributed discrete Gaussian) before masking"
                 )
             }
+            SiteMechanism::DistributedSkellam => {
+                format!("clipped to L2 norm {clip} and noised at this site (distributed Skellam) before masking")
+            }
             SiteMechanism::Central => format!(
                 "clipped to L2 norm {clip}; the noise is added by the coordinator, which therefore sees the un-noised sum"
             ),

@@ -30,7 +30,11 @@
 //! 5. **Noise**: add `N_Z(0, local_sigma^2)` to every coordinate with the exact sampler
 //!    [`DiscreteGaussian`]. The sum over `n` surviving sites carries `n` such shares; its
 //!    privacy is [`crate::discrete_gaussian_sum_rdp`] (the sum of discrete Gaussians is
-//!    not itself a discrete Gaussian, hence the paper's `tau` correction terms).
+//!    not itself a discrete Gaussian, hence the paper's `tau` correction terms). Or, with
+//!    [`DistributedNoise::Skellam`] (Agarwal, Kairouz, Liu, NeurIPS 2021), add
+//!    `Poisson(local_sigma^2/2) - Poisson(local_sigma^2/2)` with the exact [`Skellam`]
+//!    sampler: the sum of `n` shares is exactly Skellam, and its privacy is
+//!    [`crate::skellam_sum_rdp`]. Everything else in this pipeline is the same.
 //! 6. **Wrap** modulo `2^b`. The result is what the site masks and sends.
 //!
 //! The server ([`DdgEncoder::decode_sum`]) maps the unmasked modular sum to signed integers
@@ -54,7 +58,7 @@
 //! scaling and the rounding probabilities (their exactness does not matter for privacy: the
 //! sensitivity is enforced by the integer norm check of step 4); the noise is exact.
 
-use crate::{DiscreteGaussian, PrivacyError};
+use crate::{Charge, DiscreteGaussian, PrivacyError, Skellam};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{CryptoRng, RngCore, SeedableRng};
 
@@ -81,6 +85,43 @@ pub const MAX_LOCAL_SIGMA: f64 = (1u64 << 22) as f64;
 /// Default conditional-rounding parameter of the paper, `beta = e^-0.5`.
 pub const DEFAULT_BETA: f64 = 0.606_530_659_712_633_4;
 
+/// Largest per-site noise std (in lattice steps) the calibration chooses for Skellam noise:
+/// the Poisson sampler's table walk grows with sqrt(mean), and 2^18 steps keeps it at a few
+/// factors per draw (BENCHMARKS.md) while the quantisation stays 2^18 times finer than the
+/// noise.
+pub const MAX_LOCAL_SIGMA_SKELLAM: f64 = (1u64 << 18) as f64;
+
+/// Which integer noise each site adds (step 5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DistributedNoise {
+    /// Discrete Gaussian `N_Z(0, local_sigma^2)` (Kairouz, Liu, Steinke 2021). The sum of
+    /// the shares is not a discrete Gaussian; the accounting carries the paper's `tau` terms.
+    #[default]
+    DiscreteGaussian,
+    /// Symmetric Skellam `Poisson(local_sigma^2/2) - Poisson(local_sigma^2/2)` (Agarwal,
+    /// Kairouz, Liu 2021). Closed under addition: the sum of `n` shares is exactly Skellam
+    /// with variance `n local_sigma^2`.
+    Skellam,
+}
+
+impl DistributedNoise {
+    /// The mechanism's name in plans, ledgers and reports.
+    pub fn mechanism(self) -> &'static str {
+        match self {
+            DistributedNoise::DiscreteGaussian => "distributed_discrete_gaussian",
+            DistributedNoise::Skellam => "distributed_skellam",
+        }
+    }
+
+    /// Largest per-site std the calibration picks for this noise.
+    pub fn max_local_sigma(self) -> f64 {
+        match self {
+            DistributedNoise::DiscreteGaussian => MAX_LOCAL_SIGMA,
+            DistributedNoise::Skellam => MAX_LOCAL_SIGMA_SKELLAM,
+        }
+    }
+}
+
 /// Parameters of one round's DDG encoding; identical at every site and the server.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DdgParams {
@@ -101,6 +142,8 @@ pub struct DdgParams {
     pub local_sigma: f64,
     /// Public per-round seed of the rotation signs `D`.
     pub rotation_seed: [u8; 32],
+    /// The integer noise each site adds.
+    pub noise: DistributedNoise,
 }
 
 fn bad(name: &'static str, value: f64, reason: &'static str) -> PrivacyError {
@@ -206,6 +249,10 @@ pub struct DdgCalibration {
     /// Half-width of the modular range in sub-Gaussian standard deviations, `k` (the paper
     /// and TFF use 3-4; per-coordinate wrap probability <= `2 exp(-k^2/2)`).
     pub k_stddevs: f64,
+    /// The integer noise. Both are sized the same way, as in the authors' reference
+    /// implementations (`ddgauss_params`, `dskellam_params`): the modulus holds `k_stddevs`
+    /// standard deviations of the sum.
+    pub noise: DistributedNoise,
 }
 
 impl DdgCalibration {
@@ -250,6 +297,7 @@ impl DdgCalibration {
             beta: self.beta,
             local_sigma: 0.0,
             rotation_seed,
+            noise: self.noise,
         };
         p.validate()?;
         let (n, nmin, k, c) = (self.n_max as f64, self.n_min as f64, self.k_stddevs, self.l2_clip);
@@ -275,13 +323,14 @@ impl DdgCalibration {
         // draws (std ~1.2e7): with few sites and 32 bits it does. A coarser lattice then: cap
         // the local noise at MAX_LOCAL_SIGMA steps. The modulus only gets more headroom, and
         // the quantisation stays millions of times finer than the noise.
+        let cap = self.noise.max_local_sigma();
         for _ in 0..50 {
             let delta2 = rounding_bound(c, scale, p.padded_dim(), self.beta);
             let local = z * delta2 / nmin.sqrt();
-            if local <= MAX_LOCAL_SIGMA {
+            if local <= cap {
                 break;
             }
-            scale *= MAX_LOCAL_SIGMA / local * 0.999;
+            scale *= cap / local * 0.999;
         }
         p.scale = scale;
         p.local_sigma = (z * p.l2_sensitivity() / nmin.sqrt()).max(0.5);
@@ -388,9 +437,44 @@ pub struct DdgEncoder {
     padded: usize,
     /// Diagonal of D, +1.0 or -1.0.
     signs: Vec<f64>,
-    noise: Option<DiscreteGaussian>,
+    noise: Option<NoiseSampler>,
     delta2: f64,
     mask: u64,
+}
+
+/// The exact sampler of one site's noise share.
+#[derive(Debug, Clone)]
+enum NoiseSampler {
+    Gaussian(DiscreteGaussian),
+    Skellam(Skellam),
+}
+
+impl NoiseSampler {
+    fn sample(&self, rng: &mut dyn CryptoRng) -> i64 {
+        match self {
+            NoiseSampler::Gaussian(g) => g.sample(rng),
+            NoiseSampler::Skellam(s) => s.sample(rng),
+        }
+    }
+}
+
+/// Skellam with each Poisson's mean `sigma^2/2` as a rational rounded UP (variance never
+/// below `sigma^2`), denominator a power of two <= 2^20.
+pub(crate) fn skellam_rational(sigma: f64) -> Result<Skellam, PrivacyError> {
+    let mu = sigma * sigma / 2.0;
+    let mut den: u64 = 1 << 20;
+    loop {
+        let num = (mu * den as f64).ceil();
+        if (1.0..1.8e19).contains(&num)
+            && let Ok(s) = Skellam::new(num as u64, den)
+        {
+            return Ok(s);
+        }
+        if den == 1 {
+            return Err(bad("local_sigma", sigma, "too large for the exact Skellam sampler"));
+        }
+        den /= 2;
+    }
 }
 
 /// `sigma^2` as a rational `num/den` rounded UP (the noise is never smaller than stated),
@@ -427,7 +511,11 @@ impl DdgEncoder {
             }
             signs.push(if (word >> (i % 64)) & 1 == 1 { -1.0 } else { 1.0 });
         }
-        let noise = if params.local_sigma > 0.0 { Some(sigma2_rational(params.local_sigma)?) } else { None };
+        let noise = match (params.local_sigma > 0.0, params.noise) {
+            (false, _) => None,
+            (true, DistributedNoise::DiscreteGaussian) => Some(NoiseSampler::Gaussian(sigma2_rational(params.local_sigma)?)),
+            (true, DistributedNoise::Skellam) => Some(NoiseSampler::Skellam(skellam_rational(params.local_sigma)?)),
+        };
         let delta2 = params.l2_sensitivity();
         let mask = if params.bits == 64 { u64::MAX } else { (1u64 << params.bits) - 1 };
         Ok(Self { params, padded, signs, noise, delta2, mask })
@@ -554,11 +642,21 @@ impl DdgEncoder {
         }
     }
 
+    /// One round's privacy charge when at least `n_min` sites' noise is in the sum: the
+    /// [`Self::accounting`] figures under this encoder's noise. The site's ledger and the
+    /// job's plan both take it from here.
+    pub fn charge(&self, n_min: usize) -> Charge {
+        let DdgAccounting { sigma, n, dim, l1, l2 } = self.accounting(n_min);
+        match self.params.noise {
+            DistributedNoise::DiscreteGaussian => Charge::DistributedDiscreteGaussian { sigma, n, dim, l1, l2 },
+            DistributedNoise::Skellam => Charge::DistributedSkellam { sigma, n, dim, l1, l2 },
+        }
+    }
+
     /// RDP curve of one round's decoded sum at `orders`, when at least `n_min` sites' noise
-    /// is in it ([`crate::discrete_gaussian_sum_rdp`] with [`Self::accounting`]). Requires
+    /// is in it (the RDP of [`Self::charge`]). The discrete Gaussian requires
     /// `local_sigma >= 1/2`.
     pub fn rdp_per_round(&self, n_min: usize, orders: &[f64]) -> Result<Vec<f64>, PrivacyError> {
-        let a = self.accounting(n_min);
-        crate::discrete_gaussian_sum_rdp(a.sigma, a.n, a.dim, a.l1, a.l2, orders)
+        self.charge(n_min).rdp(orders)
     }
 }

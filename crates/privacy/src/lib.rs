@@ -5,15 +5,17 @@
 //! Skellam) noise, and only then mask them for secure aggregation: the noise has to be
 //! integer-valued to survive the modular sum. This crate provides that noise ([`sample`]) and
 //! the accounting of what each round spends ([`rdp`]): the RDP of the Poisson-subsampled
-//! Gaussian (record level, DP-SGD), of the plain Gaussian (site level, DP-FedAvg) and of a
-//! sum of discrete Gaussians, converted to (epsilon, delta). The site's ledger, the training
+//! Gaussian (record level, DP-SGD), of the plain Gaussian (site level, DP-FedAvg), of a
+//! sum of discrete Gaussians and of a sum of Skellams, converted to (epsilon, delta). The site's ledger, the training
 //! loop and the CLI build on these APIs; they live elsewhere.
 //!
 //! # Guarantees
 //! * **Exact samplers.** [`sample::DiscreteGaussian`], [`sample::DiscreteLaplace`],
 //!   [`sample::BernoulliExp`], [`sample::Poisson`] and [`sample::Skellam`] draw from their
-//!   exact distributions (Canonne, Kamath, Steinke 2020) given uniform bits, using integer
-//!   arithmetic only; see [`sample`] for the two never-observed overflow events.
+//!   exact distributions given uniform bits: the CKS 2020 samplers with integer arithmetic
+//!   only, and the Poisson sampler (O(1) for means up to 2^44) with floating point only where
+//!   a proven error bound certifies the exact answer and big integers otherwise; see
+//!   [`sample`] for the never-observed overflow and truncation events.
 //! * **The accountant is never optimistic.** It matches Google's dp_accounting
 //!   `RdpAccountant` (same orders, same series, same conversion) to ~1e-9 relative, and where
 //!   it deviates it rounds towards a larger epsilon ([`rdp::LOG_A_MARGIN`], non-converging
@@ -31,13 +33,16 @@
 //!   rounding, exact noise, mod 2^b; and the server's decode), tested in `tests/ddg.rs`; secure
 //!   rounds use it in place of secure aggregation's quantiser (`fedcare-protocol`'s
 //!   `secure` module; the site encodes, the coordinator decodes the unmasked sum).
-//! * Skellam: the sampler exists (exact, O(mu) time); its RDP (Agarwal et al. 2021) does not.
+//! * Distributed Skellam (Agarwal, Kairouz, Liu 2021): the same encoder with Skellam shares
+//!   ([`DistributedNoise::Skellam`]); its RDP ([`skellam_sum_rdp`], integer orders) agrees with
+//!   a transcription of the authors' reference accounting on 100 points x 128 orders
+//!   (`tests/reference/make_skellam_vectors.py`).
 //! * No PLD accountant (dp_accounting's PLD gives ~2.38 where RDP gives ~2.60 on the
 //!   issue's example).
 //!
 //! # Never
 //! * No I/O, no clock, no global state: everything is a pure function or a plain struct.
-//! * No floating point in the discrete samplers' sampling path.
+//! * No floating point deciding a sample unless it provably agrees with exact arithmetic.
 //! * No randomness but the `rand_core::CryptoRng` the caller injects.
 //! * No `unsafe`.
 
@@ -52,11 +57,11 @@ pub mod rdp;
 pub mod sample;
 
 pub use charge::{Charge, Unit, epsilon_of, smallest_noise_multiplier_for};
-pub use ddg::{DdgAccounting, DdgCalibration, DdgEncoder, DdgParams};
+pub use ddg::{DdgAccounting, DdgCalibration, DdgEncoder, DdgParams, DistributedNoise};
 pub use dpsgd::{NoisyGradientSum, Schedule, poisson_sample, schedule};
 pub use error::PrivacyError;
 pub use rdp::{
     RdpAccountant, default_orders, discrete_gaussian_sum_rdp, epsilon_for, epsilon_from_rdp,
-    gaussian_rdp, poisson_gaussian_rdp, smallest_noise_multiplier,
+    gaussian_rdp, poisson_gaussian_rdp, skellam_sum_rdp, smallest_noise_multiplier,
 };
 pub use sample::{BernoulliExp, DiscreteGaussian, DiscreteLaplace, Poisson, Skellam};

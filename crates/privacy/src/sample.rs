@@ -5,7 +5,8 @@
 //! Every sampler takes its parameters as rationals, validates them once in `new`, and draws
 //! only uniform integers from the injected `rand_core::CryptoRng` (unbiased: Lemire's
 //! multiply-and-reject, or mask-and-reject above 64 bits). All arithmetic is on `u64`/`u128`;
-//! there is no floating point anywhere in this module's sampling paths.
+//! there is no floating point in the sampling paths, except the Poisson sampler's certified
+//! fast path, which only decides where it provably agrees with the exact comparison.
 //!
 //! How the pieces stack:
 //! * [`BernoulliExp`]: Bernoulli(exp(-gamma)) for rational gamma = n/d. For gamma in [0, 1]
@@ -18,9 +19,10 @@
 //! * [`DiscreteGaussian`] with variance parameter sigma^2 = a/b: with t = floor(sigma) + 1,
 //!   draw Y ~ DiscreteLaplace(t) and accept with probability
 //!   exp(-(|Y| - sigma^2/t)^2 / (2 sigma^2)) = exp(-(|Y| b t - a)^2 / (2 a b t^2)).
-//! * [`Poisson`] with rational mean: Poisson(1) by rejection from Geometric(1/2) (accept k
-//!   with probability 2^(k-1)/k!, a product of rational Bernoullis), summed floor(lambda)
-//!   times, plus a Binomial(Poisson(1), frac(lambda)) thinning. O(lambda) draws.
+//! * [`Poisson`] with rational mean up to 2^44, in O(1) expected time: rejection from an
+//!   integer-weighted table envelope, each acceptance decided by a floating-point enclosure
+//!   with a proven error bound and, when that cannot decide (about 1e-11 of draws), by exact
+//!   big-integer arithmetic (module [`poisson`]).
 //! * [`Skellam`]: Poisson(mu) - Poisson(mu).
 //!
 //! These samplers are exact but NOT constant-time: their running time depends on the output.
@@ -35,6 +37,9 @@
 
 use crate::PrivacyError;
 use rand_core::CryptoRng;
+
+pub mod poisson;
+pub use poisson::Poisson;
 
 /// Uniform integer in [0, n), n >= 1, unbiased (Lemire 2019).
 #[inline]
@@ -110,18 +115,6 @@ fn bernoulli_exp(rng: &mut dyn CryptoRng, num: u128, den: u128) -> bool {
         i += 1;
     }
     bernoulli_exp_unit(rng, frac, den)
-}
-
-/// Number of fair-coin successes before the first failure: Geometric(1/2) on {0, 1, ...}.
-fn geometric_half(rng: &mut dyn CryptoRng) -> u64 {
-    let mut k = 0u64;
-    loop {
-        let ones = rng.next_u64().trailing_ones();
-        k = k.saturating_add(u64::from(ones));
-        if ones < 64 {
-            return k;
-        }
-    }
 }
 
 fn gcd(mut a: u128, mut b: u128) -> u128 {
@@ -290,66 +283,14 @@ impl DiscreteGaussian {
     }
 }
 
-/// Poisson with rational mean lambda = num/den.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Poisson {
-    whole: u64,
-    frac_num: u64,
-    den: u64,
-}
-
-impl Poisson {
-    /// lambda = num/den, den >= 1. Cost grows linearly with lambda.
-    pub fn new(num: u64, den: u64) -> Result<Self, PrivacyError> {
-        if den == 0 {
-            return Err(PrivacyError::InvalidRational { num, den, reason: "denominator is 0" });
-        }
-        Ok(Self { whole: num / den, frac_num: num % den, den })
-    }
-
-    /// One draw.
-    pub fn sample(&self, rng: &mut dyn CryptoRng) -> u64 {
-        let mut total: u64 = 0;
-        for _ in 0..self.whole {
-            total = total.saturating_add(poisson_one(rng));
-        }
-        if self.frac_num > 0 {
-            // Thinning: each of Poisson(1) points kept with probability frac.
-            let n = poisson_one(rng);
-            for _ in 0..n {
-                if bernoulli_ratio(rng, u128::from(self.frac_num), u128::from(self.den)) {
-                    total = total.saturating_add(1);
-                }
-            }
-        }
-        total
-    }
-}
-
-/// Poisson(1): propose k ~ Geometric(1/2) (P = 2^-(k+1)), accept with 2^(k-1)/k!
-/// (= 1/2 for k = 0, 1 for k = 1, 2, and prod_{j=3..k} 2/j beyond).
-fn poisson_one(rng: &mut dyn CryptoRng) -> u64 {
-    loop {
-        let k = geometric_half(rng);
-        let accepted = match k {
-            0 => rng.next_u64() & 1 == 1,
-            1 | 2 => true,
-            _ => (3..=k).all(|j| bernoulli_ratio(rng, 2, u128::from(j))),
-        };
-        if accepted {
-            return k;
-        }
-    }
-}
-
 /// Symmetric Skellam: Poisson(mu) - Poisson(mu), variance 2 mu; mu = num/den.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Skellam {
     poisson: Poisson,
 }
 
 impl Skellam {
-    /// mu = num/den, den >= 1.
+    /// mu = num/den, den >= 1, mu <= 2^44 ([`poisson::MAX_MEAN`]).
     pub fn new(num: u64, den: u64) -> Result<Self, PrivacyError> {
         Ok(Self { poisson: Poisson::new(num, den)? })
     }
@@ -358,8 +299,15 @@ impl Skellam {
     pub fn sample(&self, rng: &mut dyn CryptoRng) -> i64 {
         let x = self.poisson.sample(rng);
         let y = self.poisson.sample(rng);
-        // Both are far below 2^63 for any mean this O(lambda) sampler can reach.
+        // Both are below 2^62 (tail proposals beyond that are rejected by the sampler).
         i64::try_from(x).unwrap_or(i64::MAX).saturating_sub(i64::try_from(y).unwrap_or(i64::MAX))
+    }
+
+    /// Fills `out` with independent draws.
+    pub fn fill(&self, rng: &mut dyn CryptoRng, out: &mut [i64]) {
+        for x in out {
+            *x = self.sample(rng);
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! Tests of the distributed discrete Gaussian encoder (fixed seeds; tolerances stated per test).
 
 use fedcare_privacy::ddg::{DEFAULT_BETA, fwht};
-use fedcare_privacy::{DdgCalibration, DdgEncoder, DdgParams, PrivacyError, default_orders};
+use fedcare_privacy::{DdgCalibration, DdgEncoder, DdgParams, DistributedNoise, PrivacyError, default_orders};
 use rand::Rng;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
@@ -11,7 +11,7 @@ fn rng(seed: u64) -> ChaCha20Rng {
 }
 
 fn params(dim: usize, bits: u32, clip: f64, scale: f64, sigma: f64) -> DdgParams {
-    DdgParams { dim, bits, l2_clip: clip, scale, beta: DEFAULT_BETA, local_sigma: sigma, rotation_seed: [7; 32] }
+    DdgParams { dim, bits, l2_clip: clip, scale, beta: DEFAULT_BETA, local_sigma: sigma, rotation_seed: [7; 32], noise: DistributedNoise::DiscreteGaussian }
 }
 
 fn norm(v: &[f64]) -> f64 {
@@ -122,6 +122,16 @@ fn noiseless_sum_decodes_within_rounding_bound() {
 
 #[test]
 fn noisy_sum_is_unbiased_with_the_right_variance() {
+    noisy_sum_check(DistributedNoise::DiscreteGaussian);
+}
+
+#[test]
+fn skellam_noisy_sum_is_unbiased_with_the_right_variance() {
+    // Skellam(4.5, 4.5) has variance exactly 9 = local_sigma^2: the same bounds apply.
+    noisy_sum_check(DistributedNoise::Skellam);
+}
+
+fn noisy_sum_check(noise: DistributedNoise) {
     // n = 5 sites, dim 16, c = 1, scale 10 (gamma 0.1), local_sigma 3, 24 bits, T = 2000
     // trials, each with its own rng seed. Error e = decode - sum of clipped.
     // * Mean per coordinate within 4 standard errors sqrt(v_hi / T) of 0 (16 checks), and
@@ -130,7 +140,7 @@ fn noisy_sum_is_unbiased_with_the_right_variance() {
     //   v_lo = gamma^2 n sigma^2 (noise only), v_hi = gamma^2 (n sigma^2 + n/4) (plus the
     //   rounding variance, <= 1/4 per site and coordinate) and t = 4 sqrt(2/32000) = 0.032.
     let (n, dim, t_trials) = (5usize, 16usize, 2000usize);
-    let enc = DdgEncoder::new(params(dim, 24, 1.0, 10.0, 3.0)).unwrap();
+    let enc = DdgEncoder::new(DdgParams { noise, ..params(dim, 24, 1.0, 10.0, 3.0) }).unwrap();
     let mut r = rng(3);
     let inputs: Vec<Vec<f32>> =
         (0..n).map(|_| (0..dim).map(|_| r.random_range(-0.5f32..0.5)).collect()).collect();
@@ -158,14 +168,14 @@ fn noisy_sum_is_unbiased_with_the_right_variance() {
     let tf = t_trials as f64;
     for (j, s) in sum_e.iter().enumerate() {
         let mean = s / tf;
-        assert!(mean.abs() <= 4.0 * (v_hi / tf).sqrt(), "coord {j}: mean error {mean}");
+        assert!(mean.abs() <= 4.0 * (v_hi / tf).sqrt(), "{noise:?} coord {j}: mean error {mean}");
     }
     let total = (t_trials * dim) as f64;
     let grand = sum_e.iter().sum::<f64>() / total;
-    assert!(grand.abs() <= 4.0 * (v_hi / total).sqrt(), "grand mean {grand}");
+    assert!(grand.abs() <= 4.0 * (v_hi / total).sqrt(), "{noise:?}: grand mean {grand}");
     let var = sum_e2 / total - grand * grand;
     let tol = 4.0 * (2.0 / total).sqrt();
-    assert!(var >= v_lo * (1.0 - tol) && var <= v_hi * (1.0 + tol), "var {var} not in [{v_lo}, {v_hi}] +- {tol}");
+    assert!(var >= v_lo * (1.0 - tol) && var <= v_hi * (1.0 + tol), "{noise:?}: var {var} not in [{v_lo}, {v_hi}] +- {tol}");
     assert!((enc.noise_std(n).powi(2) - v_lo).abs() < 1e-12);
 }
 
@@ -292,6 +302,7 @@ fn calibration_and_accounting() {
         l2_clip: 1.0,
         beta: DEFAULT_BETA,
         k_stddevs: 4.0,
+        noise: DistributedNoise::DiscreteGaussian,
     };
     let p = cal.params([9; 32]).unwrap();
     p.validate().unwrap();
@@ -320,4 +331,52 @@ fn calibration_and_accounting() {
     // Unreachable: 4^bits <= n k^2.
     assert!(DdgCalibration { bits: 2, ..cal.clone() }.params([0; 32]).is_err());
     assert!(DdgCalibration { n_min: 0, ..cal }.params([0; 32]).is_err());
+}
+
+#[test]
+fn skellam_calibration_and_accounting() {
+    // Same calibration as the discrete Gaussian but the Skellam cap on the local std, a
+    // Skellam charge, and an RDP never below the Gaussian mechanism's alpha Delta_2^2 / (2 V)
+    // with V = n_min local_sigma^2 (the Skellam bound adds a non-negative surcharge), and
+    // within 1% of it at these sizes.
+    let cal = DdgCalibration {
+        noise_multiplier: 1.0,
+        n_min: 3,
+        n_max: 4,
+        bits: 32,
+        dim: 5000,
+        l2_clip: 1.0,
+        beta: DEFAULT_BETA,
+        k_stddevs: 4.0,
+        noise: DistributedNoise::Skellam,
+    };
+    let p = cal.params([1; 32]).unwrap();
+    assert_eq!(p.noise, DistributedNoise::Skellam);
+    assert!(p.local_sigma <= fedcare_privacy::ddg::MAX_LOCAL_SIGMA_SKELLAM, "{}", p.local_sigma);
+    let gaussian = DdgCalibration { noise: DistributedNoise::DiscreteGaussian, ..cal.clone() }.params([1; 32]).unwrap();
+    assert!(gaussian.local_sigma > p.local_sigma, "with 32 bits the Gaussian cap (2^22) is the larger one");
+    let enc = DdgEncoder::new(p.clone()).unwrap();
+    let charge = enc.charge(3);
+    assert!(matches!(charge, fedcare_privacy::Charge::DistributedSkellam { n: 3, .. }), "{charge:?}");
+    let orders = default_orders();
+    let rdp = enc.rdp_per_round(3, &orders).unwrap();
+    let v = 3.0 * p.local_sigma * p.local_sigma;
+    let l2 = p.l2_sensitivity();
+    for (a, r) in orders.iter().zip(&rdp) {
+        if a.fract() != 0.0 {
+            assert!(r.is_infinite(), "fractional order {a} must be dropped");
+            continue;
+        }
+        let g = a * l2 * l2 / (2.0 * v);
+        assert!(*r >= g && *r <= g * 1.01, "order {a}: {r} vs Gaussian {g}");
+    }
+    // The noise really is Skellam with at least the stated variance: 20000 encodings of 0
+    // at one coordinate (noise only, plus rounding of 0 = 0).
+    let small = DdgEncoder::new(DdgParams { noise: DistributedNoise::Skellam, ..params(1, 40, 1.0, 1.0, 40.0) }).unwrap();
+    let mut r = rng(8);
+    let xs: Vec<f64> = (0..20_000).map(|_| small.to_signed(small.encode(&[0.0], &mut r).unwrap()[0]) as f64).collect();
+    let var = xs.iter().map(|x| x * x).sum::<f64>() / xs.len() as f64;
+    // Skellam variance 1600; sd of the sample second moment ~ sqrt((m4 - v^2)/N), m4 = v + 3 v^2.
+    let tol = 4.417 * ((1600.0 + 2.0 * 1600.0f64.powi(2)) / 20_000.0).sqrt();
+    assert!((var - 1600.0).abs() <= tol, "variance {var} vs 1600 +- {tol}");
 }

@@ -63,6 +63,7 @@ fn ddg_accounting_matches_the_papers_reference_implementation() {
             beta: f("beta"),
             local_sigma: f("sigma"),
             rotation_seed: [0; 32],
+            noise: fedcare_privacy::DistributedNoise::DiscreteGaussian,
         };
         let (l2, l1) = (params.l2_sensitivity(), params.l1_sensitivity());
         let what = format!("clip={} scale={} beta={} dim={dim} sigma={} n={n}", f("clip"), f("scale"), f("beta"), f("sigma"));
@@ -76,4 +77,44 @@ fn ddg_accounting_matches_the_papers_reference_implementation() {
         }
     }
     eprintln!("worst relative difference vs the DDG reference: {worst:.3e}");
+}
+
+/// The distributed Skellam accounting (rounded sensitivities and the RDP of the sum of `n`
+/// sites' Skellam noise) against `reference/skellam_vectors.json`: the authors' reference
+/// accounting (google-research/federated, distributed_dp, `_skellam_rdp`), transcribed in
+/// `reference/make_skellam_vectors.py` in that code's input-domain units.
+#[test]
+fn skellam_accounting_matches_the_papers_reference_implementation() {
+    let data: serde_json::Value =
+        serde_json::from_str(include_str!("reference/skellam_vectors.json")).expect("valid JSON");
+    let orders: Vec<f64> = data["orders"].as_array().unwrap().iter().map(|o| o.as_f64().unwrap()).collect();
+    let points = data["points"].as_array().unwrap();
+    assert_eq!(points.len(), 100);
+    let rel = |a: f64, b: f64| (a - b).abs() / b.abs().max(1e-300);
+    let mut worst = 0.0f64;
+    for p in points {
+        let f = |k: &str| p[k].as_f64().unwrap();
+        let (dim, n) = (p["dim"].as_u64().unwrap(), p["n"].as_u64().unwrap());
+        let params = fedcare_privacy::DdgParams {
+            dim: dim as usize,
+            bits: 32,
+            l2_clip: f("clip"),
+            scale: f("scale"),
+            beta: f("beta"),
+            local_sigma: f("sigma"),
+            rotation_seed: [0; 32],
+            noise: fedcare_privacy::DistributedNoise::Skellam,
+        };
+        let (l2, l1) = (params.l2_sensitivity(), params.l1_sensitivity());
+        let what = format!("clip={} scale={} beta={} dim={dim} sigma={} n={n}", f("clip"), f("scale"), f("beta"), f("sigma"));
+        assert!(rel(l2, f("l2")) < 1e-12, "{what}: l2 {l2} vs {}", f("l2"));
+        assert!(rel(l1, f("l1")) < 1e-12, "{what}: l1 {l1} vs {}", f("l1"));
+        let got = fedcare_privacy::skellam_sum_rdp(f("sigma"), n, l1, l2, &orders).unwrap();
+        for ((a, g), w) in orders.iter().zip(&got).zip(p["rdp"].as_array().unwrap()) {
+            let w = w.as_f64().unwrap();
+            worst = worst.max(rel(*g, w));
+            assert!(rel(*g, w) < 1e-9, "{what} order {a}: ours {g}, reference {w}");
+        }
+    }
+    eprintln!("worst relative difference vs the Skellam reference: {worst:.3e}");
 }

@@ -4,7 +4,7 @@
 //! differs, so a coordinator cannot quietly lower the threshold or reuse another round's id.
 
 use fedcare_job::{JobId, JobSpec, PrivacyPlan, PrivacyUnit, SiteMechanism};
-use fedcare_privacy::DdgEncoder;
+use fedcare_privacy::{DdgEncoder, DistributedNoise};
 use fedcare_secagg::{Params, Rounding, SecAggError, StochasticQuantizer, graph_seed};
 use sha2::{Digest, Sha256};
 
@@ -24,10 +24,19 @@ pub fn masked_dim(model_len: usize) -> usize {
     fedcare_job::masked_dim(model_len)
 }
 
-/// Whether the job's rounds carry distributed discrete Gaussian noise (site-level privacy,
-/// distributed mechanism): the sites then encode with [`DdgEncoder`] instead of the quantiser.
+/// The integer noise of the job's rounds under site-level privacy with a distributed mechanism
+/// (discrete Gaussian or Skellam shares): the sites then encode with [`DdgEncoder`] instead of
+/// the quantiser. `None` otherwise.
+pub fn distributed_noise(spec: &JobSpec) -> Option<DistributedNoise> {
+    if spec.privacy.unit != PrivacyUnit::Site {
+        return None;
+    }
+    spec.privacy.mechanism.unwrap_or(SiteMechanism::Distributed).noise()
+}
+
+/// Whether the job's rounds carry distributed noise ([`distributed_noise`]).
 pub fn distributed_dp(spec: &JobSpec) -> bool {
-    spec.privacy.unit == PrivacyUnit::Site && spec.privacy.mechanism.unwrap_or(SiteMechanism::Distributed) == SiteMechanism::Distributed
+    distributed_noise(spec).is_some()
 }
 
 /// Whether the coordinator adds the noise (site-level privacy, central mechanism).
@@ -56,11 +65,13 @@ pub fn rotation_seed(round_id: &[u8; 32]) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// The round's distributed discrete Gaussian encoder for `n` participants: the job's plan
-/// (computed once per job by the caller: calibrating it is a bisection) gives the noise
-/// multiplier; the guaranteed minimum of noise shares is the round quorum.
+/// The round's distributed-noise encoder for `n` participants: the job's plan (computed once
+/// per job by the caller: calibrating it is a bisection) gives the noise multiplier; the
+/// guaranteed minimum of noise shares is the round quorum.
 pub fn ddg_encoder(spec: &JobSpec, plan: &PrivacyPlan, n: usize, model_len: usize, round_id: &[u8; 32]) -> Result<DdgEncoder, String> {
+    let noise = distributed_noise(spec).ok_or("the job does not use a distributed noise mechanism")?;
     let cal = fedcare_job::privacy::ddg_calibration(
+        noise,
         plan.noise_multiplier,
         plan.clip_norm,
         spec.round_quorum() as usize,

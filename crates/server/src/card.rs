@@ -112,7 +112,8 @@ pub enum TrainCounts {
 pub struct CardPrivacy {
     /// `none`, `record` or `site` (as in the report).
     pub unit: String,
-    /// `none`, `dp_sgd`, `distributed_discrete_gaussian` or `central_gaussian`.
+    /// `none`, `dp_sgd`, `distributed_discrete_gaussian`, `distributed_skellam` or
+    /// `central_gaussian`.
     pub mechanism: String,
     pub epsilon_spent: Option<f64>,
     pub target_epsilon: Option<f64>,
@@ -460,7 +461,7 @@ fn privacy_in_words(report: &Report) -> String {
     };
     let how = match p.mechanism.as_str() {
         "dp_sgd" => "each site trained with DP-SGD (it limits each patient's influence on every training step and adds random noise)",
-        "distributed_discrete_gaussian" => "each site limited its influence and added its share of random noise before its update was combined with the others",
+        "distributed_discrete_gaussian" | "distributed_skellam" => "each site limited its influence and added its share of random noise before its update was combined with the others",
         "central_gaussian" => "sites limited their influence and the coordinator added the random noise (weaker: it relies on the coordinator being honest)",
         other => other,
     };

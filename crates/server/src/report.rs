@@ -322,7 +322,8 @@ pub struct EpsilonPoint {
 pub struct PrivacyReport {
     /// `none`, `record` or `site`.
     pub unit: String,
-    /// `none`, `dp_sgd`, `distributed_discrete_gaussian` or `central_gaussian`.
+    /// `none`, `dp_sgd`, `distributed_discrete_gaussian`, `distributed_skellam` or
+    /// `central_gaussian`.
     pub mechanism: String,
     pub target_epsilon: Option<f64>,
     pub delta: Option<f64>,
@@ -388,11 +389,14 @@ impl PrivacyReport {
                  are exact aggregates and not covered.",
                 plan.clip_norm, plan.sampling_rate, plan.noise_multiplier, spent.unwrap_or(f64::NAN), plan.delta
             ),
-            "distributed_discrete_gaussian" => format!(
+            mechanism @ ("distributed_discrete_gaussian" | "distributed_skellam") => format!(
                 "site-level differential privacy, distributed: each site clipped its update to L2 norm {} and added its share of \
-                 discrete Gaussian noise before secure aggregation; a whole site's contribution is protected at epsilon {:.3}, delta {:e}, \
+                 {} noise before secure aggregation; a whole site's contribution is protected at epsilon {:.3}, delta {:e}, \
                  without trusting the coordinator.",
-                plan.clip_norm, spent.unwrap_or(f64::NAN), plan.delta
+                plan.clip_norm,
+                if mechanism == "distributed_skellam" { "Skellam" } else { "discrete Gaussian" },
+                spent.unwrap_or(f64::NAN),
+                plan.delta
             ),
             _ => format!(
                 "site-level differential privacy, CENTRAL mode (weaker): sites clipped their updates to L2 norm {} and the coordinator \
