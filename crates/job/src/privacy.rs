@@ -344,7 +344,9 @@ pub fn ddg_charge(
     model_len: usize,
 ) -> Result<Charge, PrivacyError> {
     let params = ddg_calibration(noise, z, clip, n_min, n_max, bits, model_len).params([0; 32])?;
-    Ok(fedcare_privacy::DdgEncoder::new(params)?.charge(n_min))
+    // From the (validated) parameters alone: the calibration's bisection calls this many
+    // times, and building an encoder would build its rotation and noise sampler each time.
+    Ok(params.charge(n_min))
 }
 
 /// The public range of every *encoded* column: a numeric feature's `feature_bounds`, `[0, 1]`

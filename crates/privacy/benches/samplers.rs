@@ -76,12 +76,16 @@ fn main() {
     }
     println!("uniform 64-bit draws per discrete Gaussian sample: {:.2}", counting.words as f64 / m as f64);
 
-    // Skellam with the same variance (mu = 5e5 per Poisson), and at the largest mean.
-    for (mu, label) in [(500_000u64, "skellam variance=1e6 (mu=5e5)"), (1u64 << 43, "skellam mu=2^43 (variance 2^44)")] {
+    // Skellam with the same variance (mu = 5e5 per Poisson), at the calibration's cap on the
+    // local std (2^18: mu = 2^35), and at the sampler's largest mean.
+    for (mu, label, k) in [
+        (500_000u64, "skellam variance=1e6 (mu=5e5)", n / 4),
+        (1u64 << 35, "skellam mu=2^35 (local sigma 2^18, the calibration cap)", n / 4),
+        (1u64 << 43, "skellam mu=2^43 (the sampler's limit is 2^44)", n / 40),
+    ] {
         let start = Instant::now();
         let sk = Skellam::new(mu, 1).expect("valid mu");
         let build = start.elapsed().as_secs_f64();
-        let k = n / 4;
         let mut out = vec![0i64; 1 << 16];
         let start = Instant::now();
         let mut done = 0;

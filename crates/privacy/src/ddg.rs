@@ -61,6 +61,7 @@
 use crate::{Charge, DiscreteGaussian, PrivacyError, Skellam};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{CryptoRng, RngCore, SeedableRng};
+use std::sync::OnceLock;
 
 /// ChaCha20 stream id for the rotation signs ("ddg-rot" in ASCII), separating them from any
 /// other use of the same seed.
@@ -215,6 +216,17 @@ impl DdgParams {
     /// It is the L2 sensitivity of the integer sum under adding/removing one site.
     pub fn l2_sensitivity(&self) -> f64 {
         rounding_bound(self.l2_clip, self.scale, self.padded_dim(), self.beta)
+    }
+
+    /// One round's privacy charge when at least `n_min` sites' noise is in the sum, from the
+    /// parameters alone (no sampler is built: the job's calibration evaluates it many times).
+    pub fn charge(&self, n_min: usize) -> Charge {
+        let (sigma, n, dim) = (self.local_sigma, n_min as u64, self.padded_dim() as u64);
+        let (l1, l2) = (self.l1_sensitivity(), self.l2_sensitivity());
+        match self.noise {
+            DistributedNoise::DiscreteGaussian => Charge::DistributedDiscreteGaussian { sigma, n, dim, l1, l2 },
+            DistributedNoise::Skellam => Charge::DistributedSkellam { sigma, n, dim, l1, l2 },
+        }
     }
 
     /// `Delta_1 = min(Delta_2^2, sqrt(d') Delta_2)`: an integer vector has
@@ -437,7 +449,9 @@ pub struct DdgEncoder {
     padded: usize,
     /// Diagonal of D, +1.0 or -1.0.
     signs: Vec<f64>,
-    noise: Option<NoiseSampler>,
+    /// The noise sampler, built at the first encoding: the coordinator only decodes, and a
+    /// Skellam table at the largest means takes ~0.1 s to build.
+    noise: OnceLock<Option<NoiseSampler>>,
     delta2: f64,
     mask: u64,
 }
@@ -458,17 +472,16 @@ impl NoiseSampler {
     }
 }
 
-/// Skellam with each Poisson's mean `sigma^2/2` as a rational rounded UP (variance never
-/// below `sigma^2`), denominator a power of two <= 2^20.
-pub(crate) fn skellam_rational(sigma: f64) -> Result<Skellam, PrivacyError> {
+/// Each Poisson's mean `sigma^2/2` for Skellam noise, as a rational `(num, den)` rounded UP
+/// (variance never below `sigma^2`), denominator a power of two <= 2^20, within the exact
+/// Poisson sampler's range. Cheap: the sampler's table is built only when noise is drawn.
+pub(crate) fn skellam_mean(sigma: f64) -> Result<(u64, u64), PrivacyError> {
     let mu = sigma * sigma / 2.0;
     let mut den: u64 = 1 << 20;
     loop {
         let num = (mu * den as f64).ceil();
-        if (1.0..1.8e19).contains(&num)
-            && let Ok(s) = Skellam::new(num as u64, den)
-        {
-            return Ok(s);
+        if (1.0..1.8e19).contains(&num) && (num as u128) <= u128::from(crate::sample::poisson::MAX_MEAN) * u128::from(den) {
+            return Ok((num as u64, den));
         }
         if den == 1 {
             return Err(bad("local_sigma", sigma, "too large for the exact Skellam sampler"));
@@ -511,11 +524,19 @@ impl DdgEncoder {
             }
             signs.push(if (word >> (i % 64)) & 1 == 1 { -1.0 } else { 1.0 });
         }
-        let noise = match (params.local_sigma > 0.0, params.noise) {
-            (false, _) => None,
-            (true, DistributedNoise::DiscreteGaussian) => Some(NoiseSampler::Gaussian(sigma2_rational(params.local_sigma)?)),
-            (true, DistributedNoise::Skellam) => Some(NoiseSampler::Skellam(skellam_rational(params.local_sigma)?)),
-        };
+        // Validate the noise parameters now (cheap), build the sampler later.
+        let noise = OnceLock::new();
+        match (params.local_sigma > 0.0, params.noise) {
+            (false, _) => {
+                let _ = noise.set(None);
+            }
+            (true, DistributedNoise::DiscreteGaussian) => {
+                let _ = noise.set(Some(NoiseSampler::Gaussian(sigma2_rational(params.local_sigma)?)));
+            }
+            (true, DistributedNoise::Skellam) => {
+                skellam_mean(params.local_sigma)?;
+            }
+        }
         let delta2 = params.l2_sensitivity();
         let mask = if params.bits == 64 { u64::MAX } else { (1u64 << params.bits) - 1 };
         Ok(Self { params, padded, signs, noise, delta2, mask })
@@ -570,14 +591,27 @@ impl DdgEncoder {
         let mut rotated = self.rotate(&clipped);
         rotated.iter_mut().for_each(|v| *v *= self.params.scale);
         let z = self.round_conditional(&rotated, rng)?;
+        let sampler = self.noise_sampler()?;
         Ok(z
             .into_iter()
             .map(|zi| {
-                let noise = self.noise.as_ref().map_or(0, |dg| dg.sample(rng));
+                let noise = sampler.map_or(0, |s| s.sample(rng));
                 // Two's complement then mask = reduction mod 2^bits.
                 (zi.wrapping_add(noise) as u64) & self.mask
             })
             .collect())
+    }
+
+    /// The noise sampler, built on first use (see the field).
+    fn noise_sampler(&self) -> Result<Option<&NoiseSampler>, PrivacyError> {
+        if let Some(s) = self.noise.get() {
+            return Ok(s.as_ref());
+        }
+        let (num, den) = skellam_mean(self.params.local_sigma)?;
+        let built = Some(NoiseSampler::Skellam(Skellam::new(num, den)?));
+        // A concurrent first use may have set it already: either value is the same sampler.
+        let _ = self.noise.set(built);
+        Ok(self.noise.get().and_then(|s| s.as_ref()))
     }
 
     /// Maps a residue mod 2^bits to its representative in `[-2^(bits-1), 2^(bits-1))`.
@@ -643,14 +677,10 @@ impl DdgEncoder {
     }
 
     /// One round's privacy charge when at least `n_min` sites' noise is in the sum: the
-    /// [`Self::accounting`] figures under this encoder's noise. The site's ledger and the
-    /// job's plan both take it from here.
+    /// [`Self::accounting`] figures under this encoder's noise ([`DdgParams::charge`]). The
+    /// site's ledger takes it from here; the job's plan from the parameters.
     pub fn charge(&self, n_min: usize) -> Charge {
-        let DdgAccounting { sigma, n, dim, l1, l2 } = self.accounting(n_min);
-        match self.params.noise {
-            DistributedNoise::DiscreteGaussian => Charge::DistributedDiscreteGaussian { sigma, n, dim, l1, l2 },
-            DistributedNoise::Skellam => Charge::DistributedSkellam { sigma, n, dim, l1, l2 },
-        }
+        self.params.charge(n_min)
     }
 
     /// RDP curve of one round's decoded sum at `orders`, when at least `n_min` sites' noise

@@ -21,7 +21,7 @@
 //!   envelope), a rational number. It is decided by comparing a uniform `U` against an
 //!   `f64` approximation whose relative error is *bounded by construction* (below): if `U`
 //!   is clearly below or above the enclosure, that is the exact answer. Only if `U` falls
-//!   inside it (probability about 1e-11 per draw at lambda = 5e5) is the comparison redone in
+//!   inside it (probability about 1e-14 per draw) is the comparison redone in
 //!   exact big-integer arithmetic ([`num_bigint`]), drawing further uniform bits as needed.
 //!   Tail points (probability below 2^-40) always take the exact path.
 //!
@@ -30,13 +30,15 @@
 //! only decides when it provably agrees.
 //!
 //! # Why the enclosure is rigorous
-//! The approximation of `R(k)` is a chain of at most `half + width` factors, each computed
-//! as `num / (den * j)` (or its inverse) with IEEE-754 conversions, one multiplication and
-//! one division: correctly rounded basic operations only (no `libm`), so each factor
-//! carries a relative error of at most `4u` (`u = 2^-53`) and the chain at most
-//! `4 n u (1 + n u)`. The sampler uses twice that, plus `16u` for the final scaling, as its
-//! margin ([`Poisson::rel_err`]); `tests::walked_ratio_is_within_its_bound` checks it against
-//! exact rationals.
+//! The anchors' values are computed once by a walk from the mode in double-double
+//! arithmetic (`Dd`; error below `2^-80` relative, then rounded to `f64`: `u = 2^-53`).
+//! A draw then walks from its bucket's anchor over at most `width - 1` factors, each
+//! computed as `num / (den * j)` (or its inverse) with IEEE-754 conversions, one
+//! multiplication and one division: correctly rounded basic operations only (no `libm`), so
+//! each factor carries a relative error of at most `4u` and the chain at most
+//! `(4 width + 2) u (1 + width u)`. The sampler uses twice that, plus `16u` for the final
+//! scaling, as its margin ([`Poisson::rel_err`]); `tests::walked_ratio_is_within_its_bound`
+//! checks it against exact rationals.
 //!
 //! # Caveats (as for the other samplers)
 //! Running time depends on the output (not constant-time). A tail proposal more than 2^32
@@ -65,6 +67,9 @@ const MAX_BUCKETS: u64 = 1 << 16;
 
 /// The table stops where `R(k)` falls below this, keeping every `f64` in the walk normal.
 const TINY: f64 = 1e-200;
+
+/// Reduced denominators must be below this.
+pub const MAX_DEN: u64 = 1 << 48;
 
 /// Tail proposals farther than this from the mode are rejected (see the caveats).
 const MAX_TAIL_REACH: u64 = 1 << 32;
@@ -108,7 +113,7 @@ pub struct Poisson {
 }
 
 impl Poisson {
-    /// `lambda = num/den`, `den >= 1`, `lambda <= 2^44`. Builds the envelope table in
+    /// `lambda = num/den`, `1 <= den < 2^48` (after reduction), `lambda <= 2^44`. Builds the envelope table in
     /// O(sqrt(lambda)) time and at most ~1.5 MiB.
     pub fn new(num: u64, den: u64) -> Result<Self, PrivacyError> {
         Self::with_window(num, den, None, MAX_BUCKETS)
@@ -122,6 +127,10 @@ impl Poisson {
         }
         let g = gcd(u128::from(num), u128::from(den)).max(1) as u64;
         let (num, den) = (num / g, den / g);
+        if den >= MAX_DEN {
+            // Keeps den * k below 2^106, exact in double-double.
+            return Err(PrivacyError::InvalidRational { num, den, reason: "reduced denominator must be below 2^48" });
+        }
         if u128::from(num) > u128::from(MAX_MEAN) * u128::from(den) {
             return Err(PrivacyError::InvalidRational { num, den, reason: "mean must be <= 2^44" });
         }
@@ -131,37 +140,40 @@ impl Poisson {
         let (num_f, den_f) = (num as f64, den as f64);
 
         // Walk outwards from the mode: R at every point of the window, kept only at bucket
-        // anchors. Right side first (anchors are bucket starts), then left (bucket ends).
+        // anchors. Right side first (anchors are bucket starts), then left (bucket ends). The
+        // walk is in double-double arithmetic, so an anchor's only significant error is its
+        // final rounding to f64 (see `Dd`), however long the walk.
         let span_guess = half.saturating_mul(2).saturating_add(1);
         let width = span_guess.div_ceil(max_buckets).max(1);
-        let rel_err = 8.0 * (half + width + 8) as f64 * UNIT;
+        let rel_err = 8.0 * (width + 8) as f64 * UNIT;
+        let (num_dd, den_dd) = (Dd::from_u128(u128::from(num)), u128::from(den));
         let mut right = Vec::new();
-        let mut r = 1.0f64;
+        let mut r = Dd::ONE;
         let mut k = mode;
         let mut hi = mode;
         if num > 0 {
             loop {
                 if (k - mode) % width == 0 {
-                    right.push((k, r));
+                    right.push((k, r.to_f64()));
                 }
                 hi = k;
-                if k - mode >= half || r < TINY {
+                if k - mode >= half || r.hi < TINY {
                     break;
                 }
                 k += 1;
-                r *= num_f / (den_f * k as f64);
+                r = r.mul(num_dd.div(Dd::from_u128(den_dd * u128::from(k))));
             }
         }
         let mut left = Vec::new();
         let mut lo = mode;
-        let mut r = 1.0f64;
+        let mut r = Dd::ONE;
         let mut k = mode;
         // Below the mode: R(k) = R(k+1) (k+1)/lambda.
-        while k > 0 && mode - k < half && r >= TINY {
-            r *= den_f * k as f64 / num_f;
+        while k > 0 && mode - k < half && r.hi >= TINY {
+            r = r.mul(Dd::from_u128(den_dd * u128::from(k)).div(num_dd));
             k -= 1;
             if (mode - 1 - k) % width == 0 {
-                left.push((k, r));
+                left.push((k, r.to_f64()));
             }
             lo = k;
         }
@@ -299,17 +311,11 @@ impl Poisson {
 
     /// `R(k) = p(k)/p(mode)` as an exact fraction.
     fn exact_ratio(&self, k: u64) -> (BigUint, BigUint) {
-        let mut prod = BigUint::from(1u8);
+        let den = u128::from(self.den);
         if k >= self.mode {
-            for j in self.mode + 1..=k {
-                prod *= u128::from(self.den) * u128::from(j);
-            }
-            (BigUint::from(self.num).pow(to_u32(k - self.mode)), prod)
+            (BigUint::from(self.num).pow(to_u32(k - self.mode)), product(self.mode + 1, k + 1, den))
         } else {
-            for j in k + 1..=self.mode {
-                prod *= u128::from(self.den) * u128::from(j);
-            }
-            (prod, BigUint::from(self.num).pow(to_u32(self.mode - k)))
+            (product(k + 1, self.mode + 1, den), BigUint::from(self.num).pow(to_u32(self.mode - k)))
         }
     }
 
@@ -361,6 +367,76 @@ impl Poisson {
 fn to_u32(x: u64) -> u32 {
     debug_assert!(x < MAX_TAIL_REACH);
     u32::try_from(x).unwrap_or(u32::MAX)
+}
+
+/// `prod_{j in a..b} den j`, as a balanced product tree (so that big multiplications pair
+/// operands of similar size and num-bigint's Karatsuba/Toom-3 apply).
+fn product(a: u64, b: u64, den: u128) -> BigUint {
+    if b <= a {
+        return BigUint::from(1u8);
+    }
+    if b - a <= 16 {
+        let mut p = BigUint::from(1u8);
+        for j in a..b {
+            p *= den * u128::from(j);
+        }
+        return p;
+    }
+    let mid = a + (b - a) / 2;
+    product(a, mid, den) * product(mid, b, den)
+}
+
+/// A double-double number `hi + lo` (`|lo| <= ulp(hi)/2`), for the construction walk only.
+///
+/// With error-free transformations (`two_prod` by fused multiply-add, `two_sum`), one
+/// multiplication or division carries a relative error of a few `u^2` (`u = 2^-53`; Joldes,
+/// Muller, Popescu 2017 prove <= 7u^2 and <= 10u^2 for these algorithms). A walk of `L`
+/// steps thus errs by at most ~`17 L u^2`, which is below `2^-80` for any window this module
+/// builds (`L < 2^27`): rounding the result to `f64` (error <= `u`) dominates.
+#[derive(Debug, Clone, Copy)]
+struct Dd {
+    hi: f64,
+    lo: f64,
+}
+
+impl Dd {
+    const ONE: Dd = Dd { hi: 1.0, lo: 0.0 };
+
+    /// Exact for `x < 2^106`.
+    fn from_u128(x: u128) -> Dd {
+        let bits = 128 - x.leading_zeros();
+        let shift = bits.saturating_sub(53);
+        let top = (x >> shift) << shift;
+        Dd::fast_two_sum(top as f64, (x - top) as f64)
+    }
+
+    fn fast_two_sum(a: f64, b: f64) -> Dd {
+        let s = a + b;
+        Dd { hi: s, lo: b - (s - a) }
+    }
+
+    fn two_prod(a: f64, b: f64) -> Dd {
+        let p = a * b;
+        Dd { hi: p, lo: a.mul_add(b, -p) }
+    }
+
+    fn mul(self, y: Dd) -> Dd {
+        let p = Dd::two_prod(self.hi, y.hi);
+        let lo = p.lo + self.hi.mul_add(y.lo, self.lo * y.hi);
+        Dd::fast_two_sum(p.hi, lo)
+    }
+
+    fn div(self, y: Dd) -> Dd {
+        let q1 = self.hi / y.hi;
+        // Remainder self - q1 y, to double-double accuracy.
+        let p = Dd::two_prod(q1, y.hi);
+        let r = ((self.hi - p.hi) - p.lo + self.lo) - q1 * y.lo;
+        Dd::fast_two_sum(q1, r / y.hi)
+    }
+
+    fn to_f64(self) -> f64 {
+        self.hi + self.lo
+    }
 }
 
 /// Uniform big integer in `[0, n)`, `n >= 1`, by masked rejection on whole bytes.
@@ -440,10 +516,10 @@ mod tests {
 
     #[test]
     fn walked_ratio_is_within_its_bound() {
-        for (num, den) in [(1u64, 2u64), (7, 3), (30, 1), (2001, 2), (493_827, 4)] {
+        for (num, den, points) in [(1u64, 2u64, 300), (7, 3, 300), (30, 1, 300), (2001, 2, 300), (493_827, 4, 300), (1 << 30, 3, 12)] {
             let p = Poisson::new(num, den).unwrap();
             let (nf, df) = (p.num as f64, p.den as f64);
-            let stride = ((p.hi - p.lo) / 300).max(1);
+            let stride = ((p.hi - p.lo) / points).max(1);
             let mut k = p.lo;
             while k <= p.hi {
                 let i = p.buckets.partition_point(|b| b.start + b.len <= k);
@@ -558,6 +634,8 @@ mod tests {
         assert!(Poisson::new(1, 0).is_err());
         assert!(Poisson::new(MAX_MEAN + 1, 1).is_err());
         assert!(Poisson::new(MAX_MEAN, 1).is_ok());
+        assert!(Poisson::new(3, MAX_DEN).is_err());
+        assert!(Poisson::new(2, MAX_DEN).is_ok(), "reduced to 1/2^47");
         let z = Poisson::new(0, 5).unwrap();
         let mut r = rng(1);
         assert!((0..100).all(|_| z.sample(&mut r) == 0));
