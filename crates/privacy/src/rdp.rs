@@ -199,6 +199,12 @@ pub fn gaussian_rdp(z: f64, orders: &[f64]) -> Result<Vec<f64>, PrivacyError> {
     Ok(orders.iter().map(|&a| gaussian_rdp_at(z, a)).collect())
 }
 
+/// Largest number of sites the sum accountants accept.
+pub const MAX_SUM_SITES: u64 = 1 << 32;
+
+/// Terms of the discrete Gaussian sum's `tau` series summed one by one (the rest bounded).
+const TAU_EXACT_TERMS: u64 = 4096;
+
 /// The RDP curve of one release of the SUM of `n` independent discrete Gaussians
 /// `N_Z(0, sigma^2)` per coordinate, in `dim` coordinates, for neighbouring integer inputs
 /// at L1 distance <= `l1` and L2 distance <= `l2` (Kairouz, Liu, Steinke 2021, Theorem 1 /
@@ -224,8 +230,8 @@ pub fn discrete_gaussian_sum_rdp(
     if !(sigma.is_finite() && sigma >= 0.5) {
         return bad("sigma", sigma, "must be finite and >= 1/2");
     }
-    if n == 0 || n > 1_000_000 {
-        return bad("n", n as f64, "must be between 1 and 10^6 (the tau series sums n - 1 terms)");
+    if n == 0 || n > MAX_SUM_SITES {
+        return bad("n", n as f64, "must be between 1 and 2^32");
     }
     if dim == 0 {
         return bad("dim", 0.0, "must be >= 1");
@@ -238,10 +244,22 @@ pub fn discrete_gaussian_sum_rdp(
     }
     check_orders(orders)?;
     let pi2s2 = 2.0 * std::f64::consts::PI.powi(2) * sigma * sigma;
-    // Terms decrease towards exp(-2 pi^2 sigma^2); summing every k is exact up to rounding,
-    // and each term only adds, so stopping early would be optimistic: sum all (n is a site
-    // count, small).
-    let tau = 10.0 * (1..n).map(|k| (-pi2s2 * k as f64 / (k as f64 + 1.0)).exp()).sum::<f64>();
+    // The first TAU_EXACT_TERMS terms are summed; the rest are bounded in O(1), because `n`
+    // comes from specs and ledger files, not only from honest sites. With c = 2 pi^2 sigma^2
+    // and K = TAU_EXACT_TERMS, a later term is exp(-c) exp(c/(k+1)) with c/(k+1) <= x0 =
+    // c/(K+2), and by convexity exp(x) <= 1 + x exp(x0) on [0, x0]; summing, with
+    // sum_{k=K+1}^{n-1} 1/(k+1) <= ln(n/(K+1)):
+    //   tail <= (n-1-K) exp(-c) + c ln(n/(K+1)) exp(-c (1 - 1/(K+2))),
+    // an upper bound (never optimistic), within ~(c/K)^2 of the sum, and free of overflow.
+    let term = |k: u64| (-pi2s2 * k as f64 / (k as f64 + 1.0)).exp();
+    let exact = (n - 1).min(TAU_EXACT_TERMS);
+    let mut tau = (1..=exact).map(term).sum::<f64>();
+    if n - 1 > exact {
+        let k = exact as f64;
+        tau += (n - 1 - exact) as f64 * (-pi2s2).exp()
+            + pi2s2 * (n as f64 / (k + 1.0)).ln() * (-pi2s2 * (1.0 - 1.0 / (k + 2.0))).exp();
+    }
+    let tau = 10.0 * tau;
     let (nf, d) = (n as f64, dim as f64);
     let ns2 = nf * sigma * sigma;
     let sns = nf.sqrt() * sigma;
@@ -274,8 +292,8 @@ pub fn skellam_sum_rdp(sigma: f64, n: u64, l1: f64, l2: f64, orders: &[f64]) -> 
     if !(sigma.is_finite() && sigma > 0.0) {
         return bad("sigma", sigma, "must be finite and > 0");
     }
-    if n == 0 {
-        return bad("n", 0.0, "must be >= 1");
+    if n == 0 || n > MAX_SUM_SITES {
+        return bad("n", n as f64, "must be between 1 and 2^32");
     }
     if !(l1.is_finite() && l1 >= 0.0) {
         return bad("l1", l1, "must be finite and >= 0");
@@ -607,6 +625,34 @@ mod tests {
         // More sites with the same per-site sigma: the sum has more noise, less RDP.
         let dg10 = discrete_gaussian_sum_rdp(3.0, 10, 100, 5.0, 1.0, &o).unwrap();
         assert!(dg10.iter().zip(&g).all(|(a, b)| *a < *b && *a >= b / 10.0 * (1.0 - 1e-12)));
+    }
+
+    #[test]
+    fn discrete_gaussian_sum_is_bounded_not_summed_beyond_4096_sites() {
+        // sigma = 0.5 keeps tau large enough to matter. The full series (summed here, as the
+        // accountant did before) is never above the bounded one, and within 1e-5 of it.
+        let o = default_orders();
+        let full_tau = |n: u64| {
+            let c = 2.0 * std::f64::consts::PI.powi(2) * 0.25;
+            10.0 * (1..n).map(|k| (-c * k as f64 / (k as f64 + 1.0)).exp()).sum::<f64>()
+        };
+        for n in [TAU_EXACT_TERMS, TAU_EXACT_TERMS + 1, TAU_EXACT_TERMS + 2, 20_000, 1_000_000] {
+            let tau = full_tau(n);
+            let (nf, d, l2) = (n as f64, 64.0, 2.0);
+            let bounded = discrete_gaussian_sum_rdp(0.5, n, 64, 4.0, l2, &o).unwrap();
+            for (a, got) in o.iter().zip(&bounded) {
+                let ns2 = nf * 0.25;
+                let b1 = a * l2 * l2 / (2.0 * ns2) + tau * d;
+                let b2 = a / 2.0 * (l2 * l2 / ns2 + 2.0 * 4.0 * tau / (nf.sqrt() * 0.5) + tau * tau * d);
+                let b3 = a / 2.0 * (l2 / (nf.sqrt() * 0.5) + tau * d.sqrt()).powi(2);
+                let exact = b1.min(b2).min(b3);
+                assert!(*got >= exact * (1.0 - 1e-12) && *got <= exact * (1.0 + 1e-5), "n {n} order {a}: {got} vs {exact}");
+            }
+        }
+        // A site count from a hostile spec or ledger costs no more than a small one.
+        assert!(discrete_gaussian_sum_rdp(0.5, MAX_SUM_SITES, 64, 4.0, 2.0, &o).is_ok());
+        assert!(discrete_gaussian_sum_rdp(0.5, MAX_SUM_SITES + 1, 64, 4.0, 2.0, &o).is_err());
+        assert!(skellam_sum_rdp(0.5, MAX_SUM_SITES + 1, 4.0, 2.0, &o).is_err());
     }
 
     proptest! {

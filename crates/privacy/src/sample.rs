@@ -320,9 +320,9 @@ mod tests {
     use rand_core::SeedableRng;
 
     /// Two-sided normal quantile for a false-alarm rate of 1e-5.
-    const Z_1E5: f64 = 4.417;
+    pub(super) const Z_1E5: f64 = 4.417;
     /// One-sided normal quantile for 1e-4 (chi-square critical values).
-    const Z_1E4_ONE_SIDED: f64 = 3.719;
+    pub(super) const Z_1E4_ONE_SIDED: f64 = 3.719;
 
     fn rng(seed: u64) -> ChaCha20Rng {
         ChaCha20Rng::seed_from_u64(seed)
@@ -415,7 +415,7 @@ mod tests {
     }
 
     /// Wilson-Hilferty approximation of the chi-square quantile (good to ~1% for df >= 3).
-    fn chi2_critical(df: f64, z: f64) -> f64 {
+    pub(super) fn chi2_critical(df: f64, z: f64) -> f64 {
         let c = 2.0 / (9.0 * df);
         df * (1.0 - c + z * c.sqrt()).powi(3)
     }

@@ -1,7 +1,7 @@
 //! Checks the accountant against Google's dp_accounting (see tests/reference/make_vectors.py;
 //! the file records the dp_accounting version it was made with).
 
-use fedcare_privacy::{RdpAccountant, poisson_gaussian_rdp};
+use fedcare_privacy::{DdgParams, DistributedNoise, RdpAccountant, poisson_gaussian_rdp};
 use std::collections::HashMap;
 
 #[test]
@@ -45,37 +45,7 @@ fn matches_dp_accounting_rdp_accountant() {
 /// independently in `reference/make_ddg_vectors.py` in that code's own terms.
 #[test]
 fn ddg_accounting_matches_the_papers_reference_implementation() {
-    let data: serde_json::Value =
-        serde_json::from_str(include_str!("reference/ddg_vectors.json")).expect("valid JSON");
-    let orders: Vec<f64> = data["orders"].as_array().unwrap().iter().map(|o| o.as_f64().unwrap()).collect();
-    let points = data["points"].as_array().unwrap();
-    assert_eq!(points.len(), 100);
-    let rel = |a: f64, b: f64| (a - b).abs() / b.abs().max(1e-300);
-    let mut worst = 0.0f64;
-    for p in points {
-        let f = |k: &str| p[k].as_f64().unwrap();
-        let (dim, n) = (p["dim"].as_u64().unwrap(), p["n"].as_u64().unwrap());
-        let params = fedcare_privacy::DdgParams {
-            dim: dim as usize,
-            bits: 32,
-            l2_clip: f("clip"),
-            scale: f("scale"),
-            beta: f("beta"),
-            local_sigma: f("sigma"),
-            rotation_seed: [0; 32],
-            noise: fedcare_privacy::DistributedNoise::DiscreteGaussian,
-        };
-        let (l2, l1) = (params.l2_sensitivity(), params.l1_sensitivity());
-        let what = format!("clip={} scale={} beta={} dim={dim} sigma={} n={n}", f("clip"), f("scale"), f("beta"), f("sigma"));
-        assert!(rel(l2, f("l2")) < 1e-12, "{what}: l2 {l2} vs {}", f("l2"));
-        assert!(rel(l1, f("l1")) < 1e-12, "{what}: l1 {l1} vs {}", f("l1"));
-        let got = fedcare_privacy::discrete_gaussian_sum_rdp(f("sigma"), n, dim, l1, l2, &orders).unwrap();
-        for ((a, g), w) in orders.iter().zip(&got).zip(p["rdp"].as_array().unwrap()) {
-            let w = w.as_f64().unwrap();
-            worst = worst.max(rel(*g, w));
-            assert!(rel(*g, w) < 1e-9, "{what} order {a}: ours {g}, reference {w}");
-        }
-    }
+    let worst = check_distributed(include_str!("reference/ddg_vectors.json"), DistributedNoise::DiscreteGaussian);
     eprintln!("worst relative difference vs the DDG reference: {worst:.3e}");
 }
 
@@ -85,8 +55,15 @@ fn ddg_accounting_matches_the_papers_reference_implementation() {
 /// `reference/make_skellam_vectors.py` in that code's input-domain units.
 #[test]
 fn skellam_accounting_matches_the_papers_reference_implementation() {
-    let data: serde_json::Value =
-        serde_json::from_str(include_str!("reference/skellam_vectors.json")).expect("valid JSON");
+    let worst = check_distributed(include_str!("reference/skellam_vectors.json"), DistributedNoise::Skellam);
+    eprintln!("worst relative difference vs the Skellam reference: {worst:.3e}");
+}
+
+/// Checks every point of a reference file: the scaled-domain sensitivities after conditional
+/// rounding to 1e-12, and the RDP curve of one release (the charge of `noise` with those
+/// parameters) to 1e-9 relative. Returns the worst relative difference.
+fn check_distributed(json: &str, noise: DistributedNoise) -> f64 {
+    let data: serde_json::Value = serde_json::from_str(json).expect("valid JSON");
     let orders: Vec<f64> = data["orders"].as_array().unwrap().iter().map(|o| o.as_f64().unwrap()).collect();
     let points = data["points"].as_array().unwrap();
     assert_eq!(points.len(), 100);
@@ -95,7 +72,7 @@ fn skellam_accounting_matches_the_papers_reference_implementation() {
     for p in points {
         let f = |k: &str| p[k].as_f64().unwrap();
         let (dim, n) = (p["dim"].as_u64().unwrap(), p["n"].as_u64().unwrap());
-        let params = fedcare_privacy::DdgParams {
+        let params = DdgParams {
             dim: dim as usize,
             bits: 32,
             l2_clip: f("clip"),
@@ -103,18 +80,18 @@ fn skellam_accounting_matches_the_papers_reference_implementation() {
             beta: f("beta"),
             local_sigma: f("sigma"),
             rotation_seed: [0; 32],
-            noise: fedcare_privacy::DistributedNoise::Skellam,
+            noise,
         };
         let (l2, l1) = (params.l2_sensitivity(), params.l1_sensitivity());
         let what = format!("clip={} scale={} beta={} dim={dim} sigma={} n={n}", f("clip"), f("scale"), f("beta"), f("sigma"));
         assert!(rel(l2, f("l2")) < 1e-12, "{what}: l2 {l2} vs {}", f("l2"));
         assert!(rel(l1, f("l1")) < 1e-12, "{what}: l1 {l1} vs {}", f("l1"));
-        let got = fedcare_privacy::skellam_sum_rdp(f("sigma"), n, l1, l2, &orders).unwrap();
+        let got = params.charge(n as usize).rdp(&orders).unwrap();
         for ((a, g), w) in orders.iter().zip(&got).zip(p["rdp"].as_array().unwrap()) {
             let w = w.as_f64().unwrap();
             worst = worst.max(rel(*g, w));
             assert!(rel(*g, w) < 1e-9, "{what} order {a}: ours {g}, reference {w}");
         }
     }
-    eprintln!("worst relative difference vs the Skellam reference: {worst:.3e}");
+    worst
 }

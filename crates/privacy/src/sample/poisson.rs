@@ -484,14 +484,10 @@ fn bernoulli_big_after(rng: &mut dyn CryptoRng, u: u64, p: &BigUint, q: &BigUint
 #[cfg(test)]
 mod tests {
     //! Fixed seeds; each statistical check states its false-alarm rate for a fresh seed.
+    use super::super::tests::{Z_1E4_ONE_SIDED, Z_1E5, chi2_critical};
     use super::*;
     use rand_chacha::ChaCha20Rng;
     use rand_core::SeedableRng;
-
-    /// One-sided normal quantile for 1e-4 (chi-square critical values).
-    const Z_1E4_ONE_SIDED: f64 = 3.719;
-    /// Two-sided normal quantile for 1e-5.
-    const Z_1E5: f64 = 4.417;
 
     fn rng(seed: u64) -> ChaCha20Rng {
         ChaCha20Rng::seed_from_u64(seed)
@@ -575,8 +571,7 @@ mod tests {
             chi2 += (o as f64 - e).powi(2) / e;
         }
         let df = (b - a) as f64;
-        let c = 2.0 / (9.0 * df);
-        let crit = df * (1.0 - c + Z_1E4_ONE_SIDED * c.sqrt()).powi(3);
+        let crit = chi2_critical(df, Z_1E4_ONE_SIDED);
         assert!(chi2 < crit, "lambda {lambda}: chi2 {chi2} >= {crit} (df {df})");
     }
 
