@@ -51,7 +51,10 @@ pub fn corpus(fuzz_root: &Path, target: &str) -> Vec<(String, Vec<u8>)> {
 /// The minimal inputs of known, unfixed bugs (`tests/fuzz/known-bugs/<target>`): run only by
 /// each harness's ignored `known_bugs` test. Once a bug is fixed, move its file to the corpus.
 pub fn known_bugs(fuzz_root: &Path, target: &str) -> Vec<(String, Vec<u8>)> {
-    files(&fuzz_root.join("known-bugs").join(target))
+    let dir = fuzz_root.join("known-bugs").join(target);
+    // No directory, or an empty one: no known bug left for this target.
+    let any = std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_some());
+    if any { files(&dir) } else { Vec::new() }
 }
 
 /// Every file of a directory (see [`corpus`]).
