@@ -21,8 +21,10 @@
 //!   envelope), a rational number. It is decided by comparing a uniform `U` against an
 //!   `f64` approximation whose relative error is *bounded by construction* (below): if `U`
 //!   is clearly below or above the enclosure, that is the exact answer. Only if `U` falls
-//!   inside it (probability about 1e-14 per draw) is the comparison redone in
-//!   exact big-integer arithmetic ([`num_bigint`]), drawing further uniform bits as needed.
+//!   inside it (probability about 1e-14 per draw) is the comparison redone in double-double
+//!   arithmetic with its own proven margin, and only if that cannot decide either
+//!   (probability about 1e-28) in exact big-integer arithmetic ([`num_bigint`]), drawing
+//!   further uniform bits as needed.
 //!   Tail points (probability below 2^-40) always take the exact path.
 //!
 //! The output is therefore exactly Poisson(lambda): every accept/reject is the exact
@@ -31,7 +33,9 @@
 //!
 //! # Why the enclosure is rigorous
 //! The anchors' values are computed once by a walk from the mode in double-double
-//! arithmetic (`Dd`; error below `2^-80` relative, then rounded to `f64`: `u = 2^-53`).
+//! arithmetic (`Dd`; error below `2^-80` relative, then rounded to `f64`: `u = 2^-53`;
+//! the second stage keeps them in double-double and walks on in it, with margin
+//! `64 u^2` per step, [`Poisson::rel_err_dd`]).
 //! A draw then walks from its bucket's anchor over at most `width - 1` factors, each
 //! computed as `num / (den * j)` (or its inverse) with IEEE-754 conversions, one
 //! multiplication and one division: correctly rounded basic operations only (no `libm`), so
@@ -62,7 +66,7 @@ pub const MAX_MEAN: u64 = 1 << 44;
 const WINDOW_SIGMAS: f64 = 12.0;
 const WINDOW_PAD: u64 = 20;
 
-/// Most buckets in the table (memory about 24 bytes each).
+/// Most buckets in the table (about 64 bytes each with the cumulative weights).
 const MAX_BUCKETS: u64 = 1 << 16;
 
 /// The table stops where `R(k)` falls below this, keeping every `f64` in the walk normal.
@@ -86,6 +90,8 @@ struct Bucket {
     anchor: u64,
     /// `R(anchor)` as computed by the walk (relative error <= `rel_err / 2`).
     r_anchor: f64,
+    /// `R(anchor)` in double-double, for the second decision stage.
+    r_anchor_dd: Dd,
     /// Per-point envelope weight, `>= 2^S R(anchor)` exactly.
     weight: u64,
 }
@@ -110,11 +116,13 @@ pub struct Poisson {
     scale_bits: u32,
     /// Margin of the floating-point enclosure (twice the proven bound).
     rel_err: f64,
+    /// Margin of the double-double enclosure used when the f64 one cannot decide.
+    rel_err_dd: f64,
 }
 
 impl Poisson {
     /// `lambda = num/den`, `1 <= den < 2^48` (after reduction), `lambda <= 2^44`. Builds the envelope table in
-    /// O(sqrt(lambda)) time and at most ~1.5 MiB.
+    /// O(sqrt(lambda)) time and at most ~4 MiB.
     pub fn new(num: u64, den: u64) -> Result<Self, PrivacyError> {
         Self::with_window(num, den, None, MAX_BUCKETS)
     }
@@ -146,6 +154,9 @@ impl Poisson {
         let span_guess = half.saturating_mul(2).saturating_add(1);
         let width = span_guess.div_ceil(max_buckets).max(1);
         let rel_err = 8.0 * (width + 8) as f64 * UNIT;
+        // Double-double steps err by at most 10u^2 each (see `Dd`); 64u^2 per step over the
+        // longest walk (to the window's edge, then within a bucket) leaves a wide margin.
+        let rel_err_dd = 64.0 * (half + 2 * width + 8) as f64 * UNIT * UNIT;
         let (num_dd, den_dd) = (Dd::from_u128(u128::from(num)), u128::from(den));
         let mut right = Vec::new();
         let mut r = Dd::ONE;
@@ -154,7 +165,7 @@ impl Poisson {
         if num > 0 {
             loop {
                 if (k - mode) % width == 0 {
-                    right.push((k, r.to_f64()));
+                    right.push((k, r));
                 }
                 hi = k;
                 if k - mode >= half || r.hi < TINY {
@@ -173,7 +184,7 @@ impl Poisson {
             r = r.mul(Dd::from_u128(den_dd * u128::from(k)).div(num_dd));
             k -= 1;
             if (mode - 1 - k) % width == 0 {
-                left.push((k, r.to_f64()));
+                left.push((k, r));
             }
             lo = k;
         }
@@ -181,14 +192,14 @@ impl Poisson {
         // Left buckets: anchor = end; each covers [max(lo, end - width + 1), end].
         for &(end, r) in left.iter().rev() {
             let start = end.saturating_sub(width - 1).max(lo);
-            buckets.push(Bucket { start, len: end - start + 1, anchor: end, r_anchor: r, weight: 0 });
+            buckets.push(Bucket { start, len: end - start + 1, anchor: end, r_anchor: r.to_f64(), r_anchor_dd: r, weight: 0 });
         }
         for &(start, r) in &right {
             let end = (start + width - 1).min(hi);
-            buckets.push(Bucket { start, len: end - start + 1, anchor: start, r_anchor: r, weight: 0 });
+            buckets.push(Bucket { start, len: end - start + 1, anchor: start, r_anchor: r.to_f64(), r_anchor_dd: r, weight: 0 });
         }
         if num == 0 {
-            buckets.push(Bucket { start: 0, len: 1, anchor: 0, r_anchor: 1.0, weight: 0 });
+            buckets.push(Bucket { start: 0, len: 1, anchor: 0, r_anchor: 1.0, r_anchor_dd: Dd::ONE, weight: 0 });
         }
 
         // Tail masses (upper bounds, before scaling): R(edge) rho / (1 - rho).
@@ -229,7 +240,7 @@ impl Poisson {
         let right_tail = if num == 0 { 0 } else { weight_of(r_hi * right_ratio) };
         let left_tail = if lo == 0 { 0 } else { weight_of(r_lo * left_ratio) };
         let total = acc + right_tail + left_tail;
-        Ok(Self { num, den, mode, lo, hi, buckets, cum, left_tail, right_tail, total, scale_bits, rel_err })
+        Ok(Self { num, den, mode, lo, hi, buckets, cum, left_tail, right_tail, total, scale_bits, rel_err, rel_err_dd })
     }
 
     /// The mean as the reduced rational `(num, den)`.
@@ -299,7 +310,42 @@ impl Poisson {
         if uf - 8192.0 >= hi_t {
             return false;
         }
-        self.accept_exact_after(rng, u, k, b.weight)
+        match self.decide_dd(u, b, k) {
+            Some(accept) => accept,
+            None => self.accept_exact_after(rng, u, k, b.weight),
+        }
+    }
+
+    /// Second stage: the same comparison with `R(k)` walked in double-double from the
+    /// anchor's double-double value. Decides unless `u` is within about `2^-100` relative of
+    /// the threshold; `None` then, and the big integers decide.
+    #[cold]
+    fn decide_dd(&self, u: u64, b: &Bucket, k: u64) -> Option<bool> {
+        let (num, den) = (Dd::from_u128(u128::from(self.num)), u128::from(self.den));
+        let mut r = b.r_anchor_dd;
+        if k >= b.anchor {
+            for j in b.anchor + 1..=k {
+                r = r.mul(num.div(Dd::from_u128(den * u128::from(j))));
+            }
+        } else {
+            for j in k + 1..=b.anchor {
+                r = r.mul(Dd::from_u128(den * u128::from(j)).div(num));
+            }
+        }
+        // x = R(k) 2^S / weight * 2^64 (power-of-two scalings are exact).
+        let scale = (1u64 << self.scale_bits) as f64 * 18_446_744_073_709_551_616.0;
+        let x = Dd { hi: r.hi * scale, lo: r.lo * scale }.div(Dd::from_u128(u128::from(b.weight)));
+        // d = x - u, to within 2^-40 absolute (both are below 2^65); the margin covers the
+        // relative error of x, the +1 of "u + 1 <= x", and that subtraction's rounding.
+        let d = x.sub(Dd::from_u128(u128::from(u)));
+        let margin = self.rel_err_dd * x.hi.abs() + 2.0;
+        if d.hi > margin {
+            Some(true)
+        } else if d.hi < -margin {
+            Some(false)
+        } else {
+            None
+        }
     }
 
     /// The exact comparison `(u + V) / 2^64 < R(k) 2^S / weight`, `V` uniform in [0, 1).
@@ -361,6 +407,11 @@ impl Poisson {
     pub fn rel_err(&self) -> f64 {
         self.rel_err
     }
+
+    /// Margin of the double-double enclosure used by the second stage.
+    pub fn rel_err_dd(&self) -> f64 {
+        self.rel_err_dd
+    }
 }
 
 /// Exponents here are distances from the mode, below [`MAX_TAIL_REACH`] by construction.
@@ -386,14 +437,16 @@ fn product(a: u64, b: u64, den: u128) -> BigUint {
     product(a, mid, den) * product(mid, b, den)
 }
 
-/// A double-double number `hi + lo` (`|lo| <= ulp(hi)/2`), for the construction walk only.
+/// A double-double number `hi + lo` (`|lo| <= ulp(hi)/2`): the construction walk and the
+/// second decision stage.
 ///
-/// With error-free transformations (`two_prod` by fused multiply-add, `two_sum`), one
-/// multiplication or division carries a relative error of a few `u^2` (`u = 2^-53`; Joldes,
-/// Muller, Popescu 2017 prove <= 7u^2 and <= 10u^2 for these algorithms). A walk of `L`
-/// steps thus errs by at most ~`17 L u^2`, which is below `2^-80` for any window this module
-/// builds (`L < 2^27`): rounding the result to `f64` (error <= `u`) dominates.
-#[derive(Debug, Clone, Copy)]
+/// The algorithms are the classic ones (Dekker 1971; the QD library): error-free
+/// `two_prod` by fused multiply-add and `two_sum`, then one renormalisation. Their relative
+/// error is a few `u^2` per operation (`u = 2^-53`; Joldes, Muller, Popescu 2017 bound close
+/// variants by 7u^2 to 10u^2). The sampler allows 64u^2 per step, so a walk of `L` steps is
+/// within `64 L u^2` (below `2^-80` for any window built here: `L < 2^27`), and
+/// `tests::double_double_walk_is_within_its_bound` checks walks against exact rationals.
+#[derive(Debug, Clone, Copy, PartialEq)]
 struct Dd {
     hi: f64,
     lo: f64,
@@ -424,6 +477,13 @@ impl Dd {
         let p = Dd::two_prod(self.hi, y.hi);
         let lo = p.lo + self.hi.mul_add(y.lo, self.lo * y.hi);
         Dd::fast_two_sum(p.hi, lo)
+    }
+
+    fn sub(self, y: Dd) -> Dd {
+        let s = self.hi - y.hi;
+        let bb = s - self.hi;
+        let e = (self.hi - (s - bb)) + (-y.hi - bb);
+        Dd::fast_two_sum(s, e + (self.lo - y.lo))
     }
 
     fn div(self, y: Dd) -> Dd {
@@ -599,8 +659,69 @@ mod tests {
         // Wide buckets as above, so that acceptances are far from certain.
         for (i, (num, den, half)) in [(7u64, 3u64, 4u64), (1000, 1, 190)].into_iter().enumerate() {
             let mut p = Poisson::with_window(num, den, Some(half), 4).unwrap();
-            p.rel_err = f64::INFINITY; // no decision is certified: all go to big integers
+            p.rel_err = f64::INFINITY; // no decision is certified by either enclosure:
+            p.rel_err_dd = f64::INFINITY; // all go to big integers
             chi_square(&p, 30_000, 300 + i as u64);
+        }
+    }
+
+    #[test]
+    fn goodness_of_fit_when_the_double_double_stage_decides() {
+        for (i, (num, den, half)) in [(7u64, 3u64, 4u64), (1000, 1, 190)].into_iter().enumerate() {
+            let mut p = Poisson::with_window(num, den, Some(half), 4).unwrap();
+            p.rel_err = f64::INFINITY; // the f64 stage never decides
+            chi_square(&p, 30_000, 400 + i as u64);
+        }
+    }
+
+    #[test]
+    fn double_double_walk_is_within_its_bound() {
+        // The second stage's R(k), against exact rationals: |DD - p/q| <= (rel_err_dd / 2) p/q,
+        // checked exactly (a DD value is a sum of two dyadic rationals).
+        use num_bigint::{BigInt, Sign};
+        let exact_dyadic = |x: f64| -> (BigInt, i32) {
+            // x = m 2^e exactly.
+            if x == 0.0 {
+                return (BigInt::from(0), 0);
+            }
+            let bits = x.to_bits();
+            let exp = ((bits >> 52) & 0x7ff) as i32;
+            let frac = bits & ((1u64 << 52) - 1);
+            let (m, e) = if exp == 0 { (frac, -1074) } else { (frac | (1u64 << 52), exp - 1075) };
+            let m = BigInt::from(m);
+            (if x < 0.0 { -m } else { m }, e)
+        };
+        for (num, den, points) in [(7u64, 3u64, 200u64), (2001, 2, 200), (1 << 30, 3, 8)] {
+            let p = Poisson::new(num, den).unwrap();
+            let stride = ((p.hi - p.lo) / points).max(1);
+            let mut k = p.lo;
+            while k <= p.hi {
+                let i = p.buckets.partition_point(|b| b.start + b.len <= k);
+                let b = &p.buckets[i];
+                let (nd, dd) = (Dd::from_u128(u128::from(p.num)), u128::from(p.den));
+                let mut r = b.r_anchor_dd;
+                if k >= b.anchor {
+                    for j in b.anchor + 1..=k {
+                        r = r.mul(nd.div(Dd::from_u128(dd * u128::from(j))));
+                    }
+                } else {
+                    for j in k + 1..=b.anchor {
+                        r = r.mul(Dd::from_u128(dd * u128::from(j)).div(nd));
+                    }
+                }
+                let ((mh, eh), (ml, el)) = (exact_dyadic(r.hi), exact_dyadic(r.lo));
+                let e = eh.min(el);
+                // value = v / 2^(-e), v = mh 2^(eh-e) + ml 2^(el-e).
+                let v = (mh << ((eh - e) as u32)) + (ml << ((el - e) as u32));
+                let (pe, qe) = p.exact_ratio(k);
+                let (pe, qe) = (BigInt::from_biguint(Sign::Plus, pe), BigInt::from_biguint(Sign::Plus, qe));
+                // |v q - p 2^-e| <= bound p 2^-e, bound = rel_err_dd / 2 ~ t / 2^200.
+                let t = BigInt::from((p.rel_err_dd / 2.0 * 2f64.powi(200)) as u128);
+                let lhs = (v * &qe - (&pe << ((-e) as u32))).magnitude().clone();
+                let rhs = (t * &pe << ((-e) as u32)) >> 200u32;
+                assert!(BigInt::from_biguint(Sign::Plus, lhs) <= rhs, "lambda {num}/{den}, k {k}: DD walk outside its bound");
+                k += stride;
+            }
         }
     }
 
