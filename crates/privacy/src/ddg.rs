@@ -607,6 +607,8 @@ impl DdgEncoder {
         if let Some(s) = self.noise.get() {
             return Ok(s.as_ref());
         }
+        // `new` sets it for every other case; only Skellam noise is built here.
+        debug_assert_eq!(self.params.noise, DistributedNoise::Skellam);
         let (num, den) = skellam_mean(self.params.local_sigma)?;
         let built = Some(NoiseSampler::Skellam(Skellam::new(num, den)?));
         // A concurrent first use may have set it already: either value is the same sampler.

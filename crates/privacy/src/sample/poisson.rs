@@ -121,8 +121,8 @@ pub struct Poisson {
 }
 
 impl Poisson {
-    /// `lambda = num/den`, `1 <= den < 2^48` (after reduction), `lambda <= 2^44`. Builds the envelope table in
-    /// O(sqrt(lambda)) time and at most ~4 MiB.
+    /// `lambda = num/den`, `1 <= den < 2^48` (after reduction), `lambda <= 2^44`. Builds the
+    /// envelope table in O(sqrt(lambda)) time and at most ~4 MiB.
     pub fn new(num: u64, den: u64) -> Result<Self, PrivacyError> {
         Self::with_window(num, den, None, MAX_BUCKETS)
     }
