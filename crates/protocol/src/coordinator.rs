@@ -565,6 +565,12 @@ impl JobRun {
                         if num_examples == 0 {
                             return Err(refuse("keys", "they declare 0 training examples".into()));
                         }
+                        if num_examples > crate::MAX_DECLARED_EXAMPLES {
+                            return Err(refuse(
+                                "keys",
+                                format!("they declare {num_examples} training examples, above the limit of {}", crate::MAX_DECLARED_EXAMPLES),
+                            ));
+                        }
                         sec.server.add_keys(keys).map_err(|e| refuse("keys", e.to_string()))?;
                         sec.weights.insert(index, num_examples);
                         Ok(())
@@ -808,7 +814,7 @@ impl JobRun {
                 let weight = if secure::distributed_dp(&self.spec) {
                     survivors.len() as f64
                 } else {
-                    let examples: u64 = survivors.iter().filter_map(|i| sec.weights.get(i)).sum();
+                    let examples = survivors.iter().filter_map(|i| sec.weights.get(i)).fold(0u64, |a, b| a.saturating_add(*b));
                     examples as f64 / sec.setup.total_examples as f64
                 };
                 // `weight` is NaN if total_examples were 0; `is_nan` keeps that case a failure.
@@ -860,7 +866,7 @@ impl JobRun {
             .iter()
             .filter_map(|e| SiteId::parse(&e.name).ok().map(|s| (s, e.index)))
             .collect();
-        let total_examples = self.participants.iter().filter_map(|s| self.train_examples.get(s)).sum();
+        let total_examples = self.participants.iter().filter_map(|s| self.train_examples.get(s)).fold(0u64, |a, b| a.saturating_add(*b));
         Ok(SecureRound {
             server,
             setup: Arc::new(SecAggRound { setup, total_examples }),

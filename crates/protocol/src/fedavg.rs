@@ -27,6 +27,8 @@ pub enum UpdateError {
     NoExamples,
     #[error("training loss {0} is not a finite non-negative number")]
     BadLoss(f64),
+    #[error("update declares {0} training examples, above the limit of {max}", max = crate::MAX_DECLARED_EXAMPLES)]
+    TooManyExamples(u64),
 }
 
 impl FedAvg {
@@ -44,6 +46,9 @@ impl FedAvg {
         }
         if num_examples == 0 {
             return Err(UpdateError::NoExamples);
+        }
+        if num_examples > crate::MAX_DECLARED_EXAMPLES || self.total_examples.checked_add(num_examples).is_none() {
+            return Err(UpdateError::TooManyExamples(num_examples));
         }
         if !(train_loss.is_finite() && train_loss >= 0.0) {
             return Err(UpdateError::BadLoss(train_loss));
@@ -117,8 +122,12 @@ mod tests {
         assert!(matches!(agg.add(&[f32::INFINITY, 0.0], 1, 0.1), Err(UpdateError::NonFinite { index: 0, .. })));
         assert_eq!(agg.add(&[1.0, 1.0], 0, 0.1), Err(UpdateError::NoExamples));
         assert!(matches!(agg.add(&[1.0, 1.0], 1, f64::NAN), Err(UpdateError::BadLoss(_))));
+        let too_many = crate::MAX_DECLARED_EXAMPLES + 1;
+        assert_eq!(agg.add(&[1.0, 1.0], too_many, 0.1), Err(UpdateError::TooManyExamples(too_many)));
+        assert_eq!(agg.add(&[1.0, 1.0], u64::MAX, 0.1), Err(UpdateError::TooManyExamples(u64::MAX)));
         assert_eq!(agg.apply(&[0.0, 0.0]), before);
         assert_eq!(agg.updates(), 1);
+        assert_eq!(agg.total_examples(), 2);
     }
 
     proptest! {

@@ -19,6 +19,12 @@
 //!
 //! Never: I/O, time, randomness, or blocking work such as training.
 
+/// Largest number of examples one site may declare in a reply (training or evaluation), the
+/// same bound as the wire layer's `fedcare_wire::MAX_EXAMPLES`: the state machine enforces it
+/// itself, so sums over sites cannot overflow whoever feeds it (10^12 per site leaves room for
+/// 1.8e7 sites in a u64, and the sums saturate beyond that).
+pub const MAX_DECLARED_EXAMPLES: u64 = 1_000_000_000_000;
+
 pub mod coordinator;
 pub mod fedavg;
 pub mod messages;

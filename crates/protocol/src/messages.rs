@@ -195,6 +195,9 @@ impl EvalCounts {
 
     /// Checks internal consistency of counts received from a site.
     pub fn validate(&self) -> Result<(), String> {
+        if self.n > crate::MAX_DECLARED_EXAMPLES {
+            return Err(format!("n ({}) exceeds the limit of {}", self.n, crate::MAX_DECLARED_EXAMPLES));
+        }
         if self.pos_hist.len() != HIST_BINS || self.neg_hist.len() != HIST_BINS {
             return Err(format!(
                 "histograms must have {HIST_BINS} bins, got {} and {}",
@@ -234,18 +237,20 @@ impl EvalCounts {
         Ok(())
     }
 
+    /// Adds another site's counts. Each site's are bounded by `validate`, so these sums cannot
+    /// overflow below 1.8e7 sites; they saturate rather than wrap or panic beyond.
     pub fn add(&mut self, other: &EvalCounts) {
-        self.n += other.n;
+        self.n = self.n.saturating_add(other.n);
         self.loss_sum += other.loss_sum;
-        self.correct += other.correct;
+        self.correct = self.correct.saturating_add(other.correct);
         self.sq_err_sum += other.sq_err_sum;
-        self.true_pos += other.true_pos;
-        self.false_pos += other.false_pos;
+        self.true_pos = self.true_pos.saturating_add(other.true_pos);
+        self.false_pos = self.false_pos.saturating_add(other.false_pos);
         for (a, b) in self.pos_hist.iter_mut().zip(&other.pos_hist) {
-            *a += b;
+            *a = a.saturating_add(*b);
         }
         for (a, b) in self.neg_hist.iter_mut().zip(&other.neg_hist) {
-            *a += b;
+            *a = a.saturating_add(*b);
         }
     }
 

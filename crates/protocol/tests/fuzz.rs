@@ -1141,14 +1141,11 @@ proptest! {
 proptest! {
     #![proptest_config(support::config(200))]
 
-    /// Known bugs (see `tests/fuzz/README.md`, "Known bugs"): counts near `u64::MAX` in a
-    /// reply that the coordinator accepts overflow its sums when the next honest reply is added
-    /// (`FedAvg::add`'s `total_examples`, `EvalCounts::add`, the secure round's sum of
-    /// weights): a panic in debug builds, a wrapped (wrong) weight in release builds. Minimal
-    /// inputs: `tests/fuzz/known-bugs/protocol/`. Ignored until fixed; then move those files to
-    /// the corpus and un-ignore this.
+    /// Counts near `u64::MAX` in replies. They once overflowed the coordinator's sums
+    /// (`FedAvg::add`'s `total_examples`, `EvalCounts::add`, the secure round's sum of weights;
+    /// fixed: the state machine refuses a count above `MAX_DECLARED_EXAMPLES` and its sums
+    /// saturate). Cases: `tests/fuzz/corpus/protocol/found-*-overflow.json`.
     #[test]
-    #[ignore = "known bug: counts near u64::MAX overflow the coordinator's sums (FedAvg, EvalCounts, secure weights)"]
     fn huge_counts(s in scenario(huge_count().boxed())) {
         run_generated(&s);
     }

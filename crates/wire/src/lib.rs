@@ -32,8 +32,8 @@ pub const MAX_MODEL_VALUES: usize = (chunk::MAX_PAYLOAD_BYTES / 8) as usize;
 
 /// Largest example count a site may declare (a trillion records): far above any hospital,
 /// and small enough that the coordinator's sums over up to `MAX_SECAGG_ITEMS` sites cannot
-/// overflow.
-pub const MAX_EXAMPLES: u64 = 1_000_000_000_000;
+/// overflow. The protocol state machine's own bound, so both layers refuse the same counts.
+pub const MAX_EXAMPLES: u64 = fedcare_protocol::MAX_DECLARED_EXAMPLES;
 
 fn count(field: &'static str, n: u64) -> Result<u64, WireError> {
     if n > MAX_EXAMPLES { Err(invalid(field, format!("{n} exceeds the limit of {MAX_EXAMPLES}"))) } else { Ok(n) }
