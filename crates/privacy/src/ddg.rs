@@ -472,41 +472,36 @@ impl NoiseSampler {
     }
 }
 
-/// Each Poisson's mean `sigma^2/2` for Skellam noise, as a rational `(num, den)` rounded UP
-/// (variance never below `sigma^2`), denominator a power of two <= 2^20, within the exact
-/// Poisson sampler's range. Cheap: the sampler's table is built only when noise is drawn.
-pub(crate) fn skellam_mean(sigma: f64) -> Result<(u64, u64), PrivacyError> {
-    let mu = sigma * sigma / 2.0;
+/// `x` as a rational `num/den` rounded UP (noise is never smaller than stated), with the
+/// largest power-of-two denominator <= 2^20 for which `fits(num, den)`; `None` if none does.
+fn rational_up(x: f64, fits: impl Fn(u64, u64) -> bool) -> Option<(u64, u64)> {
     let mut den: u64 = 1 << 20;
     loop {
-        let num = (mu * den as f64).ceil();
-        if (1.0..1.8e19).contains(&num) && (num as u128) <= u128::from(crate::sample::poisson::MAX_MEAN) * u128::from(den) {
-            return Ok((num as u64, den));
+        let num = (x * den as f64).ceil();
+        if (1.0..1.8e19).contains(&num) && fits(num as u64, den) {
+            return Some((num as u64, den));
         }
         if den == 1 {
-            return Err(bad("local_sigma", sigma, "too large for the exact Skellam sampler"));
+            return None;
         }
         den /= 2;
     }
 }
 
-/// `sigma^2` as a rational `num/den` rounded UP (the noise is never smaller than stated),
-/// with the largest power-of-two denominator <= 2^20 the sampler accepts.
+/// Each Poisson's mean `sigma^2/2` for Skellam noise (variance never below `sigma^2`), within
+/// the exact Poisson sampler's range. Cheap: the sampler's table is built only when noise is
+/// drawn.
+pub(crate) fn skellam_mean(sigma: f64) -> Result<(u64, u64), PrivacyError> {
+    let max = u128::from(crate::sample::poisson::MAX_MEAN);
+    rational_up(sigma * sigma / 2.0, |num, den| u128::from(num) <= max * u128::from(den))
+        .ok_or_else(|| bad("local_sigma", sigma, "too large for the exact Skellam sampler"))
+}
+
+/// The discrete Gaussian sampler for `sigma^2`, rounded up as [`rational_up`] does.
 pub(crate) fn sigma2_rational(sigma: f64) -> Result<DiscreteGaussian, PrivacyError> {
-    let s2 = sigma * sigma;
-    let mut den: u64 = 1 << 20;
-    loop {
-        let num = (s2 * den as f64).ceil();
-        if (1.0..1.8e19).contains(&num)
-            && let Ok(dg) = DiscreteGaussian::new(num as u64, den)
-        {
-            return Ok(dg);
-        }
-        if den == 1 {
-            return Err(bad("local_sigma", sigma, "too large for the exact sampler"));
-        }
-        den /= 2;
-    }
+    let (num, den) = rational_up(sigma * sigma, |num, den| DiscreteGaussian::new(num, den).is_ok())
+        .ok_or_else(|| bad("local_sigma", sigma, "too large for the exact sampler"))?;
+    DiscreteGaussian::new(num, den)
 }
 
 impl DdgEncoder {
