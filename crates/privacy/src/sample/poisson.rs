@@ -203,8 +203,7 @@ impl Poisson {
         }
 
         // Tail masses (upper bounds, before scaling): R(edge) rho / (1 - rho).
-        let r_hi = buckets.last().map_or(1.0, |b| b.r_anchor); // refined below
-        let r_hi = Self::walk_value(num_f, den_f, buckets.last().map_or(0, |b| b.anchor), r_hi, hi);
+        let r_hi = buckets.last().map_or(1.0, |b| Self::walk_value(num_f, den_f, b.anchor, b.r_anchor, hi));
         let right_ratio = if num == 0 {
             0.0
         } else {
@@ -316,11 +315,8 @@ impl Poisson {
         }
     }
 
-    /// Second stage: the same comparison with `R(k)` walked in double-double from the
-    /// anchor's double-double value. Decides unless `u` is within about `2^-100` relative of
-    /// the threshold; `None` then, and the big integers decide.
-    #[cold]
-    fn decide_dd(&self, u: u64, b: &Bucket, k: u64) -> Option<bool> {
+    /// `R(k)` in double-double, walked from the bucket's double-double anchor.
+    fn walk_dd(&self, b: &Bucket, k: u64) -> Dd {
         let (num, den) = (Dd::from_u128(u128::from(self.num)), u128::from(self.den));
         let mut r = b.r_anchor_dd;
         if k >= b.anchor {
@@ -332,6 +328,15 @@ impl Poisson {
                 r = r.mul(Dd::from_u128(den * u128::from(j)).div(num));
             }
         }
+        r
+    }
+
+    /// Second stage: the same comparison with `R(k)` walked in double-double from the
+    /// anchor's double-double value. Decides unless `u` is within about `2^-100` relative of
+    /// the threshold; `None` then, and the big integers decide.
+    #[cold]
+    fn decide_dd(&self, u: u64, b: &Bucket, k: u64) -> Option<bool> {
+        let r = self.walk_dd(b, k);
         // x = R(k) 2^S / weight * 2^64 (power-of-two scalings are exact).
         let scale = (1u64 << self.scale_bits) as f64 * 18_446_744_073_709_551_616.0;
         let x = Dd { hi: r.hi * scale, lo: r.lo * scale }.div(Dd::from_u128(u128::from(b.weight)));
@@ -698,17 +703,7 @@ mod tests {
             while k <= p.hi {
                 let i = p.buckets.partition_point(|b| b.start + b.len <= k);
                 let b = &p.buckets[i];
-                let (nd, dd) = (Dd::from_u128(u128::from(p.num)), u128::from(p.den));
-                let mut r = b.r_anchor_dd;
-                if k >= b.anchor {
-                    for j in b.anchor + 1..=k {
-                        r = r.mul(nd.div(Dd::from_u128(dd * u128::from(j))));
-                    }
-                } else {
-                    for j in k + 1..=b.anchor {
-                        r = r.mul(Dd::from_u128(dd * u128::from(j)).div(nd));
-                    }
-                }
+                let r = p.walk_dd(b, k);
                 let ((mh, eh), (ml, el)) = (exact_dyadic(r.hi), exact_dyadic(r.lo));
                 let e = eh.min(el);
                 // value = v / 2^(-e), v = mh 2^(eh-e) + ml 2^(el-e).
