@@ -421,7 +421,8 @@ fn ledger_file() -> &'static [u8] {
         let path = dir.path().join("ledger.jsonl");
         let mut l = Ledger::open(&path).expect("a new ledger");
         let distributed = |noise| {
-            fedcare_job::privacy::ddg_charge(noise, 1.0, 1.0, 2, 3, 32, 16).unwrap_or(Charge::Gaussian { noise_multiplier: 3.0, count: 2 })
+            let cal = fedcare_job::privacy::ddg_calibration(noise, 1.0, 1.0, 2, 3, 32, 16);
+            fedcare_job::privacy::ddg_charge(&cal).unwrap_or(Charge::Gaussian { noise_multiplier: 3.0, count: 2 })
         };
         let ddg = distributed(fedcare_privacy::DistributedNoise::DiscreteGaussian);
         let skellam = distributed(fedcare_privacy::DistributedNoise::Skellam);

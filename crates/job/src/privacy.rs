@@ -277,7 +277,8 @@ pub fn plan(spec: &JobSpec) -> Result<Option<PrivacyPlan>, PrivacyError> {
                     let (n_min, n_max) = (spec.round_quorum() as usize, spec.min_sites as usize);
                     let bits = spec.secure_aggregation.bits;
                     let f = move |z| {
-                        ddg_charge(noise, z, clip, n_min, n_max, bits, model_len).unwrap_or(Charge::Gaussian { noise_multiplier: 0.0, count: 1 })
+                        ddg_charge(&ddg_calibration(noise, z, clip, n_min, n_max, bits, model_len))
+                            .unwrap_or(Charge::Gaussian { noise_multiplier: 0.0, count: 1 })
                     };
                     (Unit::Site, noise.mechanism(), None, 1.0, 1, Box::new(f))
                 }
@@ -332,21 +333,12 @@ pub fn ddg_calibration(
     }
 }
 
-/// One round's charge under the distributed mechanism (the rotation seed does not change the
-/// parameters, only the signs).
-pub fn ddg_charge(
-    noise: DistributedNoise,
-    z: f64,
-    clip: f64,
-    n_min: usize,
-    n_max: usize,
-    bits: u32,
-    model_len: usize,
-) -> Result<Charge, PrivacyError> {
-    let params = ddg_calibration(noise, z, clip, n_min, n_max, bits, model_len).params([0; 32])?;
-    // From the (validated) parameters alone: the calibration's bisection calls this many
-    // times, and building an encoder would build its rotation and noise sampler each time.
-    Ok(params.charge(n_min))
+/// One round's charge under the distributed mechanism calibrated by `cal` (the rotation seed
+/// does not change the parameters, only the signs). From the (validated) parameters alone:
+/// the calibration's bisection calls this many times, and building an encoder would build its
+/// rotation and noise sampler each time.
+pub fn ddg_charge(cal: &fedcare_privacy::DdgCalibration) -> Result<Charge, PrivacyError> {
+    Ok(cal.params([0; 32])?.charge(cal.n_min))
 }
 
 /// The public range of every *encoded* column: a numeric feature's `feature_bounds`, `[0, 1]`
