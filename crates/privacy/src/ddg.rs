@@ -221,11 +221,23 @@ impl DdgParams {
     /// One round's privacy charge when at least `n_min` sites' noise is in the sum, from the
     /// parameters alone (no sampler is built: the job's calibration evaluates it many times).
     pub fn charge(&self, n_min: usize) -> Charge {
-        let (sigma, n, dim) = (self.local_sigma, n_min as u64, self.padded_dim() as u64);
-        let (l1, l2) = (self.l1_sensitivity(), self.l2_sensitivity());
+        let DdgAccounting { sigma, n, dim, l1, l2 } = self.accounting(n_min);
         match self.noise {
             DistributedNoise::DiscreteGaussian => Charge::DistributedDiscreteGaussian { sigma, n, dim, l1, l2 },
             DistributedNoise::Skellam => Charge::DistributedSkellam { sigma, n, dim, l1, l2 },
+        }
+    }
+
+    /// The mechanism's figures for one round with at least `n_min` noise shares: sigma =
+    /// `local_sigma`, n = `n_min`, dim = d', l1 = `Delta_1`, l2 = `Delta_2` (scaled domain;
+    /// add/remove-one-site neighbouring; for replace-one, double l1 and l2).
+    pub fn accounting(&self, n_min: usize) -> DdgAccounting {
+        DdgAccounting {
+            sigma: self.local_sigma,
+            n: n_min as u64,
+            dim: self.padded_dim() as u64,
+            l1: self.l1_sensitivity(),
+            l2: self.l2_sensitivity(),
         }
     }
 
@@ -660,22 +672,15 @@ impl DdgEncoder {
         (count as f64).sqrt() * self.params.local_sigma * self.params.gamma()
     }
 
-    /// Arguments for [`crate::RdpAccountant::compose_discrete_gaussian_sum`]: sigma =
-    /// `local_sigma`, n = `n_min`, dim = d', l1 = `Delta_1`, l2 = `Delta_2` (scaled domain;
-    /// add/remove-one-site neighbouring; for replace-one, double l1 and l2).
+    /// [`DdgParams::accounting`] of this encoder's parameters (the arguments of
+    /// [`crate::RdpAccountant::compose_discrete_gaussian_sum`] for discrete Gaussian noise).
     pub fn accounting(&self, n_min: usize) -> DdgAccounting {
-        DdgAccounting {
-            sigma: self.params.local_sigma,
-            n: n_min as u64,
-            dim: self.padded as u64,
-            l1: self.params.l1_sensitivity(),
-            l2: self.delta2,
-        }
+        self.params.accounting(n_min)
     }
 
-    /// One round's privacy charge when at least `n_min` sites' noise is in the sum: the
-    /// [`Self::accounting`] figures under this encoder's noise ([`DdgParams::charge`]). The
-    /// site's ledger takes it from here; the job's plan from the parameters.
+    /// One round's privacy charge when at least `n_min` sites' noise is in the sum
+    /// ([`DdgParams::charge`]). The site's ledger takes it from here; the job's plan from the
+    /// parameters.
     pub fn charge(&self, n_min: usize) -> Charge {
         self.params.charge(n_min)
     }
